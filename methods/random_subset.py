@@ -1,0 +1,38 @@
+"""``random``: N real pairs drawn uniformly (seeded): N distinct images, one of each image's captions."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmdd_bench.distilled import DistilledSet
+from mmdd_bench.method import DistillContext, Method
+
+
+def real_pairs(ctx: DistillContext, pair_indices: np.ndarray, method: str) -> DistilledSet:
+    """A coreset of real pairs as a distilled set: test-transform images and raw captions."""
+    train = ctx.dataset.train
+    return DistilledSet(
+        images=ctx.train_images.batch(train.pair_image[pair_indices]),
+        text_kind="captions",
+        captions=[train.captions[i] for i in pair_indices],
+        extras={"source_pairs": torch.as_tensor(pair_indices, dtype=torch.long)},
+        meta={"method": method},
+    )
+
+
+class RandomSubset(Method):
+    name = "random"
+    version = "1"
+    default_protocol = "trainable-text"
+    description = "uniformly random real pairs (distinct images), seeded"
+
+    def distill(self, ctx: DistillContext, params) -> DistilledSet:
+        train = ctx.dataset.train
+        rng = np.random.default_rng(ctx.seed)
+        images = rng.choice(len(train.image_paths), size=ctx.size, replace=False)
+        by_image: dict[int, list[int]] = {}
+        for pair, img in enumerate(train.pair_image):
+            by_image.setdefault(int(img), []).append(pair)
+        pairs = np.asarray([by_image[int(i)][rng.integers(len(by_image[int(i)]))] for i in images])
+        return real_pairs(ctx, pairs, self.name)

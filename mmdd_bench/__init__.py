@@ -1,0 +1,3 @@
+"""mmdd-bench: a benchmark harness for multimodal (image-text) dataset distillation."""
+
+__version__ = "0.1.0"

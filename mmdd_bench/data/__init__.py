@@ -1,0 +1,61 @@
+"""Datasets by name: ``shapes`` (embedded, generated on first use), ``shapes-mini``, ``flickr30k``, ``coco``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DataError, UsageError
+from .karpathy import load_retrieval_split, load_train_split
+from .shapes import SHAPES_CONFIGS, ensure_generated
+from .splits import Dataset, RetrievalSplit, TrainSplit
+
+# name -> (annotation file prefix, default backbone, description)
+DATASETS = {
+    "shapes": ("shapes", "tiny", "embedded synthetic scenes, 5000 train / 500 val / 1000 test images x 5 captions"),
+    "shapes-mini": ("shapes", "tiny", "a smaller embedded set for smoke tests (400 / 100 / 200 images)"),
+    "flickr30k": ("flickr30k", "paper", "Flickr30K, Karpathy split (29k / 1k / 1k images)"),
+    "coco": ("coco_karpathy", "paper", "MS-COCO, Karpathy split (113k / 5k / 5k images)"),
+}
+EMBEDDED = {"shapes", "shapes-mini"}
+
+
+def resolve_data_root(data_root: str | Path | None) -> Path:
+    root = data_root or os.environ.get("MMDD_BENCH_DATA")
+    if not root:
+        raise UsageError("no data root: pass --data-root DIR or set MMDD_BENCH_DATA (DIR/flickr30k, DIR/coco).")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data root {path} does not exist or is not a folder (from --data-root / MMDD_BENCH_DATA).")
+    return path
+
+
+def dataset_dir(name: str, data_root: str | Path | None, cache_dir: Path) -> Path:
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}.")
+    if name in EMBEDDED:
+        return ensure_generated(name, cache_dir)
+    folder = resolve_data_root(data_root) / name
+    if not folder.is_dir():
+        raise DataError(f"dataset folder {folder} is missing; expected {folder}/annotations/*.json and its images.")
+    return folder
+
+
+def load_dataset(name: str, data_root: str | Path | None, cache_dir: Path) -> Dataset:
+    folder = dataset_dir(name, data_root, cache_dir)
+    prefix, backbone, description = DATASETS[name]
+    ann = folder / "annotations"
+    return Dataset(
+        name=name,
+        root=folder,
+        train=load_train_split(ann / f"{prefix}_train.json", folder),
+        val=load_retrieval_split(ann / f"{prefix}_val.json", folder),
+        test=load_retrieval_split(ann / f"{prefix}_test.json", folder),
+        default_backbone=backbone,
+        # Shapes captions name left/right; flipping would contradict them.
+        hflip=name not in EMBEDDED,
+        info={"description": description},
+    )
+
+
+__all__ = ["DATASETS", "Dataset", "RetrievalSplit", "SHAPES_CONFIGS", "TrainSplit", "load_dataset"]

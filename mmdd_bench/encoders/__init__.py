@@ -1,0 +1,34 @@
+"""Backbones by name: ``paper``, ``tiny`` and ``clip-<open_clip model>[@tag]``, created lazily."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UsageError
+from .backbone import Backbone
+
+BACKBONE_NAMES = {
+    "paper": "nfnet_l0 (timm, ImageNet) + bert-base-uncased; the papers' setting (GPU)",
+    "tiny": "small CNN pretrained on shapes attributes + 1-layer all-MiniLM-L6-v2; runs on 2 CPU cores",
+    "clip-<model>[@tag]": "an open_clip model's image and text towers, e.g. clip-ViT-B-32@openai",
+}
+
+
+def build_backbone(name: str, cache_dir: Path, *, pretrained: bool = True, image_size: int | None = None) -> Backbone:
+    """``pretrained=False`` builds the architecture with random weights (tests, cost benchmarks only)."""
+    if name == "tiny":
+        from .tiny import build_tiny
+
+        return build_tiny(cache_dir, pretrained=pretrained)
+    if name == "paper":
+        from .paper import build_paper
+
+        return build_paper(cache_dir, pretrained=pretrained, image_size=image_size or 224)
+    if name.startswith("clip-"):
+        from .clip import build_clip
+
+        return build_clip(name, cache_dir)
+    raise UsageError(f"unknown backbone {name!r}; choose one of: paper, tiny, clip-<open_clip model>[@tag].")
+
+
+__all__ = ["BACKBONE_NAMES", "Backbone", "build_backbone"]

@@ -1,0 +1,66 @@
+"""``paper``: timm ``nfnet_l0`` (ImageNet, 2304-d) + ``bert-base-uncased`` (CLS, 768-d), as in the papers.
+
+Weights come from local files only: ``MMDD_BENCH_NFNET_WEIGHTS`` (a timm checkpoint file) and
+``MMDD_BENCH_BERT`` (a folder with config, tokenizer and weights), or else the Hugging Face cache that
+``timm``/``transformers`` would use with ``HF_HUB_OFFLINE=1``. A miss is an error, never a random init.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import WeightsError
+from .backbone import Backbone, HFTokenizer
+from .text import BertTextEncoder
+
+BERT_NAME = "bert-base-uncased"
+NFNET_NAME = "nfnet_l0"
+MAX_TOKENS = 32
+
+
+def build_paper(cache_dir: Path, pretrained: bool = True, image_size: int = 224) -> Backbone:
+    import timm
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    bert_source = os.environ.get("MMDD_BENCH_BERT", BERT_NAME)
+    nfnet_file = os.environ.get("MMDD_BENCH_NFNET_WEIGHTS")
+    if pretrained:
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(bert_source)
+            text_model = transformers.AutoModel.from_pretrained(bert_source, add_pooling_layer=False)
+        except OSError as exc:
+            raise WeightsError(
+                f"cannot load {bert_source!r} from local files ({exc.__class__.__name__}). Put bert-base-uncased in "
+                "the Hugging Face cache, or set MMDD_BENCH_BERT to a folder holding its config, tokenizer and weights."
+            ) from exc
+    else:
+        # Architecture only (tests, cost benchmarks): BertConfig's defaults are bert-base-uncased's shape, and
+        # all-MiniLM-L6-v2 ships the same uncased WordPiece vocabulary, so no download is needed.
+        from .tiny import minilm_path
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
+        text_model = transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False)
+    kwargs = {"num_classes": 0, "global_pool": "avg"}
+    if pretrained and nfnet_file:
+        if not Path(nfnet_file).is_file():
+            raise WeightsError(f"MMDD_BENCH_NFNET_WEIGHTS={nfnet_file} is not a file.")
+        kwargs["pretrained_cfg_overlay"] = {"file": nfnet_file}
+    try:
+        image = timm.create_model(NFNET_NAME, pretrained=pretrained, **kwargs)
+    except Exception as exc:  # timm raises hub/OS errors of several kinds when weights are absent
+        raise WeightsError(
+            f"cannot load pretrained {NFNET_NAME} weights locally ({exc.__class__.__name__}: {exc}). Put them "
+            "in the Hugging Face cache or set MMDD_BENCH_NFNET_WEIGHTS to a checkpoint file."
+        ) from exc
+    return Backbone(
+        name="paper",
+        image_encoder=image,
+        text_encoder=BertTextEncoder(text_model),
+        tokenizer=HFTokenizer(tokenizer, MAX_TOKENS),
+        image_size=image_size,
+        image_dim=image.num_features,
+        weights_id=f"{NFNET_NAME}+{BERT_NAME}" if pretrained else "random",
+    )

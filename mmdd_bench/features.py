@@ -1,0 +1,37 @@
+"""Pretrained (frozen) encoder features of a training split, computed once and cached as safetensors."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+
+from .data.images import ImageStore
+from .data.splits import TrainSplit
+from .encoders.backbone import Backbone
+from .protocols.base import encode_captions
+
+
+@torch.no_grad()
+def train_features(split: TrainSplit, images: ImageStore, backbone: Backbone, device: torch.device,
+                   cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image features per unique image, text features per pair) of the frozen pretrained encoders."""
+    key = hashlib.sha256(f"{split.fingerprint}|{backbone.text_encoder_id}|{images.size}".encode()).hexdigest()[:16]
+    path = cache_dir / "features" / f"train-{key}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.is_file():
+            backbone.to(device)
+            img = [backbone.image_encoder(images.batch(idx).to(device)).float().cpu()
+                   for idx in np.array_split(np.arange(len(images)), max(1, len(images) // 256))]
+            txt = encode_captions(backbone.text_encoder, backbone, split.captions, device).float().cpu()
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            save_file({"image": torch.cat(img).contiguous(), "text": txt.contiguous()}, str(tmp))
+            os.replace(tmp, path)
+    data = load_file(str(path))
+    return data["image"], data["text"]

@@ -1,0 +1,89 @@
+"""The method plugin contract and the method registry.
+
+A method turns the training split into a ``DistilledSet``; it never evaluates. Third parties register
+methods without forking, through the entry-point group ``mmdd_bench.methods``::
+
+    [project.entry-points."mmdd_bench.methods"]
+    my-method = "my_package.my_module:MyMethod"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from .data.images import ImageStore
+from .data.splits import Dataset
+from .distilled import DistilledSet
+from .encoders.backbone import Backbone
+from .protocols.base import ProgressFn
+from .registry import Registry
+
+
+@dataclass
+class DistillContext:
+    dataset: Dataset
+    backbone: Backbone
+    size: int
+    seed: int
+    device: torch.device
+    cache_dir: Path
+    progress: ProgressFn | None = None
+    _train_images: ImageStore | None = field(default=None, repr=False)
+
+    @property
+    def train_images(self) -> ImageStore:
+        """Decoded training images at the backbone's resolution (built once, memory-mapped)."""
+        if self._train_images is None:
+            self._train_images = ImageStore(self.dataset.train.image_paths, self.backbone.image_size, self.cache_dir,
+                                            self.dataset.train.fingerprint, self.backbone.mean, self.backbone.std)
+        return self._train_images
+
+    def report(self, what: str, done: int, total: int) -> None:
+        if self.progress:
+            self.progress(what, done, total)
+
+
+@dataclass
+class NoParams:
+    pass
+
+
+class Method:
+    """Subclass, set the class attributes, and implement ``distill``."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    default_protocol: ClassVar[str] = "frozen-text"
+    description: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+
+    def default_params(self, size: int, dataset_name: str) -> Any:
+        """Published defaults, possibly per size (CovMatch's rho and lambda) or per dataset."""
+        return self.Params()
+
+    def protocol_for(self, params: Any) -> str:
+        """The protocol that fits the sets these params produce (``--protocol auto``)."""
+        return self.default_protocol
+
+    def distill(self, ctx: DistillContext, params: Any) -> DistilledSet:
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method", entry_point_group="mmdd_bench.methods")
+for _name, _ref in {
+    "random": "mmdd_bench.methods.random_subset:RandomSubset",
+    "herding": "mmdd_bench.methods.herding:Herding",
+    "covmatch": "mmdd_bench.methods.covmatch:CovMatch",
+}.items():
+    METHODS.add_lazy(_name, _ref)
+
+
+def get_method(name: str) -> Method:
+    cls = METHODS.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"method {name!r} resolved to {cls!r}, which is not a mmdd_bench.method.Method subclass")
+    return cls()

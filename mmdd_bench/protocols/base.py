@@ -1,0 +1,230 @@
+"""The shared evaluation: train fresh students on a distilled set, score retrieval on the test split.
+
+The two published protocols differ only in which parts train and how text enters (subclasses); the
+loop, the optimiser, the selection rule and the scoring are written once here.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..data.images import ImageStore
+from ..data.splits import Dataset, RetrievalSplit
+from ..distilled import DistilledSet
+from ..encoders.backbone import Backbone
+from ..encoders.heads import DualEncoder, contrastive_loss
+from ..errors import UsageError
+from ..metrics import METRIC_NAMES, retrieval_metrics
+from ..params import apply_overrides
+
+ProgressFn = Callable[[str, int, int], None]  # (what, done, total)
+
+
+@dataclass
+class EvalParams:
+    epochs: int = 100
+    batch_size: int = 128
+    lr_encoder: float = 0.0  # 0 -> the backbone's default
+    lr_projection: float = 0.0  # 0 -> the backbone's default
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_decay_epoch: int = 0  # 0 -> epochs // 2; the lr is multiplied by 0.1 there
+    n_students: int = 5
+    selection: str = "final"  # "final" epoch, or "val": best r_mean on the val split (never test)
+    val_every: int = 10
+    use_learned_lrs: bool = True  # frozen-text: take learned step sizes a set carries (MTT-VL)
+
+    def validate(self) -> None:
+        if self.selection not in ("final", "val"):
+            raise UsageError(f"eval.selection must be 'final' or 'val', got {self.selection!r}")
+        if self.epochs < 1 or self.n_students < 1 or self.batch_size < 1:
+            raise UsageError("eval.epochs, eval.n_students and eval.batch_size must be >= 1")
+
+
+# The embedded datasets are a CPU sanity benchmark: fewer epochs and students than the paper's 100 x 5.
+EMBEDDED_DEFAULTS = {"epochs": 40, "n_students": 2}
+
+
+@dataclass
+class EvalResult:
+    per_student: list[dict[str, float]]
+    mean: dict[str, float]
+    std: dict[str, float]
+    params: dict
+    selected_epochs: list[int]
+    lrs: dict[str, float]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def summarize(per_student: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single student)."""
+    mean = {m: float(np.mean([s[m] for s in per_student])) for m in METRIC_NAMES}
+    std = {m: float(np.std([s[m] for s in per_student], ddof=1)) if len(per_student) > 1 else 0.0
+           for m in METRIC_NAMES}
+    return mean, std
+
+
+class TextBatches:
+    """How a student's text enters: a function from sample indices to projected text features."""
+
+    def __init__(self, fn: Callable[[DualEncoder, torch.Tensor], torch.Tensor]) -> None:
+        self.fn = fn
+
+    def __call__(self, model: DualEncoder, idx: torch.Tensor) -> torch.Tensor:
+        return self.fn(model, idx)
+
+
+class Protocol:
+    name: str = ""
+    version: str = ""
+    accepts: tuple[str, ...] = ()
+    text_trainable: bool = False
+    image_head: bool = False
+    description: str = ""
+
+    # ---- what subclasses define -------------------------------------------------------------------
+    def student_text(self, distilled: DistilledSet, backbone: Backbone, device: torch.device) -> TextBatches:
+        raise NotImplementedError
+
+    def test_text_features(self, model: DualEncoder, split: RetrievalSplit, backbone: Backbone,
+                           device: torch.device, cache: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def learning_rates(self, distilled: DistilledSet, backbone: Backbone, params: EvalParams) -> tuple[dict[str, float], list[str]]:
+        lr_enc = params.lr_encoder or backbone.lr_encoder
+        lr_proj = params.lr_projection or backbone.lr_projection
+        return {"encoder": lr_enc, "projection": lr_proj}, []
+
+    # ---- shared -----------------------------------------------------------------------------------
+    def default_params(self, dataset_name: str) -> EvalParams:
+        from ..data import EMBEDDED
+
+        params = EvalParams()
+        if dataset_name in EMBEDDED:
+            params = apply_overrides(params, EMBEDDED_DEFAULTS)
+        return params
+
+    def check_compatible(self, distilled: DistilledSet, backbone: Backbone) -> None:
+        if distilled.text_kind not in self.accepts:
+            raise UsageError(
+                f"protocol {self.name!r} cannot evaluate text of kind {distilled.text_kind!r}; it accepts "
+                f"{', '.join(self.accepts)}. Try --protocol frozen-text."
+            )
+        size = distilled.images.shape[-1]
+        if size != backbone.image_size or distilled.images.shape[-2] != backbone.image_size:
+            raise UsageError(
+                f"distilled images are {tuple(distilled.images.shape[-2:])} px but backbone {backbone.name!r} "
+                f"takes {backbone.image_size} px; evaluate with the backbone the set was distilled for."
+            )
+        if distilled.text_kind != "captions" and distilled.encoder_id != backbone.text_encoder_id:
+            raise UsageError(
+                f"the set's text embeddings live in {distilled.encoder_id!r}, not in this backbone's text "
+                f"encoder {backbone.text_encoder_id!r}; evaluate with --backbone matching the set."
+            )
+
+    def evaluate(self, distilled: DistilledSet, dataset: Dataset, backbone: Backbone, params: EvalParams,
+                 seed: int, device: torch.device, cache_dir, progress: ProgressFn | None = None) -> EvalResult:
+        params.validate()
+        self.check_compatible(distilled, backbone)
+        start = time.perf_counter()
+        backbone.to(device)
+        lrs, notes = self.learning_rates(distilled, backbone, params)
+        test_images = ImageStore(dataset.test.image_paths, backbone.image_size, cache_dir,
+                                 dataset.test.fingerprint, backbone.mean, backbone.std)
+        val_images = None
+        if params.selection == "val":
+            val_images = ImageStore(dataset.val.image_paths, backbone.image_size, cache_dir,
+                                    dataset.val.fingerprint, backbone.mean, backbone.std)
+        images = distilled.images.to(device)
+        text = self.student_text(distilled, backbone, device)
+        cache: dict = {}
+        per_student, selected = [], []
+        for k in range(params.n_students):
+            student_seed = seed * 1000 + k
+            model = backbone.dual_encoder(text_trainable=self.text_trainable, image_head=self.image_head,
+                                          seed=student_seed, device=device)
+
+            def score(split: RetrievalSplit, store: ImageStore, m: DualEncoder = model) -> dict[str, float]:
+                return self.score(m, split, store, backbone, device, cache)
+
+            best_epoch = self.train_student(
+                model, images, text, params, lrs, student_seed, device,
+                validate=(lambda m: score(dataset.val, val_images, m)) if val_images is not None else None,
+                progress=(lambda d, t, k=k: progress(f"student {k + 1}/{params.n_students}", d, t)) if progress else None,
+            )
+            per_student.append(score(dataset.test, test_images))
+            selected.append(best_epoch)
+        mean, std = summarize(per_student)
+        return EvalResult(per_student, mean, std, asdict(params), selected, lrs,
+                          time.perf_counter() - start, notes)
+
+    def train_student(self, model: DualEncoder, images: torch.Tensor, text: TextBatches, params: EvalParams,
+                      lrs: dict[str, float], seed: int, device: torch.device,
+                      validate: Callable[[DualEncoder], dict[str, float]] | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> int:
+        """SGD with momentum, lr x0.1 at ``lr_decay_epoch``; returns the selected epoch (1-based)."""
+        groups = [{"params": model.encoder_parameters(), "lr": lrs["encoder"]},
+                  {"params": model.head_parameters(), "lr": lrs["projection"]}]
+        opt = torch.optim.SGD([g for g in groups if g["params"]], momentum=params.momentum,
+                              weight_decay=params.weight_decay)
+        decay = params.lr_decay_epoch or max(1, params.epochs // 2)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[decay], gamma=0.1)
+        gen = torch.Generator().manual_seed(seed)
+        n = images.shape[0]
+        best = (-1.0, params.epochs, None)
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+            torch.manual_seed(seed)  # dropout
+            for epoch in range(1, params.epochs + 1):
+                model.train()
+                if not self.text_trainable:
+                    model.text_encoder.eval()
+                for idx in torch.randperm(n, generator=gen).split(params.batch_size):
+                    idx_dev = idx.to(device)
+                    _, g_img = model.image_features(images[idx_dev])
+                    loss = contrastive_loss(g_img, text(model, idx_dev))
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"student loss became {loss.item()} at epoch {epoch}; lower eval.lr_encoder / eval.lr_projection"
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                sched.step()
+                if validate is not None and (epoch % params.val_every == 0 or epoch == params.epochs):
+                    r = validate(model)["r_mean"]
+                    if r > best[0]:
+                        best = (r, epoch, copy.deepcopy(model.state_dict()))
+                if progress:
+                    progress(epoch, params.epochs)
+        if validate is not None and best[2] is not None:
+            model.load_state_dict(best[2])
+        return best[1]
+
+    @torch.no_grad()
+    def score(self, model: DualEncoder, split: RetrievalSplit, store: ImageStore, backbone: Backbone,
+              device: torch.device, cache: dict) -> dict[str, float]:
+        model.eval()
+        feats = []
+        for idx in np.array_split(np.arange(len(store)), max(1, len(store) // 256)):
+            feats.append(model.image_features(store.batch(idx).to(device))[1].float())
+        img = torch.nn.functional.normalize(torch.cat(feats), dim=-1)
+        txt = torch.nn.functional.normalize(self.test_text_features(model, split, backbone, device, cache).float(), dim=-1)
+        return retrieval_metrics(img @ txt.T, split.img2txt)
+
+
+@torch.no_grad()
+def encode_captions(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], backbone: Backbone,
+                    captions: list[str], device: torch.device, batch: int = 256) -> torch.Tensor:
+    """Run captions through ``encode(ids, mask)`` in batches (padding per batch)."""
+    out = []
+    for start in range(0, len(captions), batch):
+        ids, mask = backbone.tokenize(captions[start:start + batch])
+        out.append(encode(ids.to(device), mask.to(device)))
+    return torch.cat(out)

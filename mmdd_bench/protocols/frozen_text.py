@@ -1,0 +1,52 @@
+"""``frozen-text`` (MTT-VL / LoRS): the image encoder and the text projection train; the text encoder is
+frozen, so text enters as sentence features computed once by the pretrained encoder."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.splits import RetrievalSplit
+from ..distilled import DistilledSet
+from ..encoders.backbone import Backbone
+from ..encoders.heads import DualEncoder
+from .base import EvalParams, Protocol, TextBatches, encode_captions
+
+
+@torch.no_grad()
+def sentence_features(distilled: DistilledSet, backbone: Backbone, device: torch.device) -> torch.Tensor:
+    """The distilled text as features of the frozen pretrained text encoder."""
+    encoder = backbone.text_encoder.to(device).eval()
+    if distilled.text_kind == "sentence_embeddings":
+        return distilled.text_embeddings.to(device)
+    if distilled.text_kind == "token_embeddings":
+        return encoder.encode_embeddings(distilled.text_embeddings.to(device), distilled.attention_mask.to(device))
+    return encode_captions(encoder, backbone, distilled.captions, device)
+
+
+class FrozenTextProtocol(Protocol):
+    name = "frozen-text"
+    version = "1"
+    accepts = ("captions", "sentence_embeddings", "token_embeddings")
+    text_trainable = False
+    image_head = False
+    description = "fresh pretrained image encoder + text projection trainable, text encoder frozen (MTT-VL, LoRS)"
+
+    def student_text(self, distilled: DistilledSet, backbone: Backbone, device: torch.device) -> TextBatches:
+        feats = sentence_features(distilled, backbone, device)
+        return TextBatches(lambda m, idx: m.text_head(feats[idx]))
+
+    def test_text_features(self, model: DualEncoder, split: RetrievalSplit, backbone: Backbone,
+                           device: torch.device, cache: dict) -> torch.Tensor:
+        key = ("frozen-sentence", split.fingerprint)
+        if key not in cache:  # the frozen encoder gives the same features to every student
+            encoder = backbone.text_encoder.to(device).eval()
+            cache[key] = encode_captions(encoder, backbone, split.captions, device)
+        with torch.no_grad():
+            return model.text_head(cache[key])
+
+    def learning_rates(self, distilled: DistilledSet, backbone: Backbone, params: EvalParams) -> tuple[dict[str, float], list[str]]:
+        lrs, notes = super().learning_rates(distilled, backbone, params)
+        if params.use_learned_lrs and {"lr_image", "lr_text"} <= distilled.extras.keys():
+            lrs = {"encoder": float(distilled.extras["lr_image"]), "projection": float(distilled.extras["lr_text"])}
+            notes.append("used the learned step sizes carried by the distilled set (as MTT-VL's evaluation does)")
+        return lrs, notes

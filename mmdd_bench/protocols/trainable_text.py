@@ -1,0 +1,33 @@
+"""``trainable-text`` (CovMatch's protocol): both encoders and both projection heads train."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.splits import RetrievalSplit
+from ..distilled import DistilledSet
+from ..encoders.backbone import Backbone
+from ..encoders.heads import DualEncoder
+from .base import Protocol, TextBatches, encode_captions
+
+
+class TrainableTextProtocol(Protocol):
+    name = "trainable-text"
+    version = "1"
+    accepts = ("captions", "token_embeddings")
+    text_trainable = True
+    image_head = True
+    description = "fresh pretrained image + text encoders, random projections, all trainable (CovMatch)"
+
+    def student_text(self, distilled: DistilledSet, backbone: Backbone, device: torch.device) -> TextBatches:
+        if distilled.text_kind == "captions":
+            ids, mask = backbone.tokenize(distilled.captions)
+            ids, mask = ids.to(device), mask.to(device)
+            return TextBatches(lambda m, idx: m.text_features_from_tokens(ids[idx], mask[idx])[1])
+        emb = distilled.text_embeddings.to(device)
+        mask = distilled.attention_mask.to(device)
+        return TextBatches(lambda m, idx: m.text_features_from_embeddings(emb[idx], mask[idx])[1])
+
+    def test_text_features(self, model: DualEncoder, split: RetrievalSplit, backbone: Backbone,
+                           device: torch.device, cache: dict) -> torch.Tensor:
+        return encode_captions(lambda i, m: model.text_features_from_tokens(i, m)[1], backbone, split.captions, device)

@@ -1,0 +1,85 @@
+"""Leaderboards: one row per (dataset, backbone, protocol, method, size), mean and std over seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..metrics import METRIC_NAMES
+from ..records import RunRecord, atomic_write_text, read_records
+
+KEY = ["dataset", "backbone", "protocol", "protocol_version", "method", "size"]
+
+
+def records_frame(records: list[RunRecord]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        if r.status != "ok" or not r.metrics.get("mean"):
+            continue
+        row = {"dataset": r.dataset, "backbone": r.backbone, "protocol": r.protocol,
+               "protocol_version": r.protocol_version, "method": r.method, "size": r.size, "seed": r.seed,
+               "storage_bytes": r.storage_bytes, "distill_s": r.timings.get("distill_s", np.nan)}
+        row.update({m: r.metrics["mean"][m] for m in METRIC_NAMES})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*KEY, "seed", "storage_bytes", "distill_s", *METRIC_NAMES])
+
+
+def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per group: each metric's mean over seeds (each seed's value is already a mean over students) and
+    its sample std over seeds; ``gain_vs_random`` compares ``r_mean`` with random at the same size."""
+    columns = [*KEY, "n_seeds"] + [c for m in METRIC_NAMES for c in (m, f"{m}_std")] + [
+        "gain_vs_random", "storage_bytes", "distill_s"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = frame.groupby(KEY, sort=True)
+    out = grouped[METRIC_NAMES].mean()
+    std = grouped[METRIC_NAMES].std(ddof=1).fillna(0.0)
+    for m in METRIC_NAMES:
+        out[f"{m}_std"] = std[m]
+    out["n_seeds"] = grouped["seed"].nunique()
+    out["storage_bytes"] = grouped["storage_bytes"].mean()
+    out["distill_s"] = grouped["distill_s"].mean()
+    out = out.reset_index()
+    random_rows = out[out["method"] == "random"].set_index(["dataset", "backbone", "protocol", "protocol_version", "size"])["r_mean"]
+    keys = list(zip(out["dataset"], out["backbone"], out["protocol"], out["protocol_version"], out["size"], strict=True))
+    out["gain_vs_random"] = [out["r_mean"].iloc[i] - random_rows.get(k, np.nan) for i, k in enumerate(keys)]
+    out = out.sort_values(["dataset", "backbone", "protocol", "size", "r_mean"],
+                          ascending=[True, True, True, True, False]).reset_index(drop=True)
+    return out[columns].round(2)
+
+
+def to_markdown(board: pd.DataFrame) -> str:
+    cols = ["method", "size", "n_seeds", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10",
+            "r_mean", "gain_vs_random"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in board.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            if c in METRIC_NAMES:
+                cells.append(f"{v:.2f} ± {row[c + '_std']:.2f}")
+            elif isinstance(v, float):
+                cells.append("" if np.isnan(v) else f"{v:+.2f}" if c == "gain_vs_random" else f"{v:.2f}")
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboards(results_dir: Path) -> list[Path]:
+    """Regenerate ``<results>/leaderboard/``: ``leaderboard.csv`` with every group, and one CSV and
+    Markdown table per (dataset, backbone, protocol)."""
+    results_dir = Path(results_dir)
+    board = leaderboard(records_frame(read_records(results_dir)))
+    out_dir = results_dir / "leaderboard"
+    written = [out_dir / "leaderboard.csv"]
+    atomic_write_text(written[0], board.to_csv(index=False))
+    for (ds, bb, proto), part in board.groupby(["dataset", "backbone", "protocol"], sort=True):
+        stem = out_dir / f"{ds}__{bb}__{proto}"
+        atomic_write_text(stem.with_suffix(".csv"), part.to_csv(index=False))
+        title = f"# {ds} / backbone {bb} / protocol {proto}\n\nmean ± std over seeds; recall in percent.\n\n"
+        atomic_write_text(stem.with_suffix(".md"), title + to_markdown(part))
+        written += [stem.with_suffix(".csv"), stem.with_suffix(".md")]
+    return written

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from mmdd_bench.method import DistillContext, get_method
+from mmdd_bench.methods.covmatch import CovMatchParams, covmatch_loss, cross_covariance
+from mmdd_bench.params import apply_overrides
+
+
+def naive_cross_covariance(hv, hl):
+    b, dv, dl = hv.shape[0], hv.shape[1], hl.shape[1]
+    mv, ml = hv.mean(0), hl.mean(0)
+    out = torch.zeros(dv, dl, dtype=torch.float64)
+    for i in range(dv):
+        for j in range(dl):
+            out[i, j] = sum((hv[n, i] - mv[i]) * (hl[n, j] - ml[j]) for n in range(b)) / (b - 1)
+    return out
+
+
+def test_cross_covariance_against_naive_loop():
+    g = torch.Generator().manual_seed(0)
+    hv, hl = torch.randn(7, 4, generator=g, dtype=torch.float64), torch.randn(7, 3, generator=g, dtype=torch.float64)
+    assert torch.allclose(cross_covariance(hv, hl), naive_cross_covariance(hv, hl))
+
+
+def test_loss_against_naive_formula():
+    g = torch.Generator().manual_seed(1)
+    real = [torch.randn(9, d, generator=g, dtype=torch.float64) for d in (4, 3, 5, 5)]
+    syn = [torch.randn(6, d, generator=g, dtype=torch.float64) for d in (4, 3, 5, 5)]
+    rho, lam = 2.0, 0.3
+    cov = ((rho * naive_cross_covariance(real[0], real[1]) - naive_cross_covariance(syn[0], syn[1])) ** 2).sum()
+    means = ((real[2].mean(0) - syn[2].mean(0)) ** 2).sum() + ((real[3].mean(0) - syn[3].mean(0)) ** 2).sum()
+    assert torch.allclose(covmatch_loss(real, syn, rho, lam), cov + lam * means)
+    assert torch.allclose(covmatch_loss(real, syn, rho, 0.0), cov)
+
+
+def test_zero_loss_when_synthetic_equals_real_with_rho_one():
+    g = torch.Generator().manual_seed(2)
+    feats = [torch.randn(8, d, generator=g) for d in (4, 3, 5, 5)]
+    assert covmatch_loss(feats, [f.clone() for f in feats], rho=1.0, lam=0.5).item() == pytest.approx(0.0, abs=1e-10)
+    assert covmatch_loss(feats, feats, rho=2.0, lam=0.5).item() > 0
+
+
+def test_gradients_reach_synthetic_data_not_real_data(tiny, mini):
+    model = tiny.dual_encoder(text_trainable=True, image_head=True, seed=0)
+    real_imgs = torch.randn(6, 3, 32, 32, requires_grad=True)
+    ids, mask = tiny.tokenize(mini.train.captions[:6])
+    with torch.no_grad():
+        real = (*model.image_features(real_imgs), *model.text_features_from_tokens(ids, mask))
+    syn_imgs = torch.randn(4, 3, 32, 32, requires_grad=True)
+    syn_text = tiny.text_encoder.embed_tokens(ids[:4]).detach().clone().requires_grad_(True)
+    hv, gv = model.image_features(syn_imgs)
+    hl, gl = model.text_features_from_embeddings(syn_text, mask[:4])
+    loss = covmatch_loss((real[0], real[2], real[1], real[3]), (hv, hl, gv, gl), 2.0, 0.1)
+    loss.backward(inputs=[syn_imgs, syn_text])
+    assert syn_imgs.grad is not None and syn_imgs.grad.abs().sum() > 0
+    assert syn_text.grad is not None and syn_text.grad.abs().sum() > 0
+    assert real_imgs.grad is None
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_online_model_reset_restores_pretrained_weights_exactly(tiny):
+    first = tiny.dual_encoder(text_trainable=True, image_head=True, seed=5)
+    pristine = {k: v.clone() for k, v in first.state_dict().items()}
+    opt = torch.optim.SGD(first.parameters(), lr=0.5)
+    ids, mask = tiny.tokenize(["a red circle", "two blue squares"])
+    _, g_v = first.image_features(torch.randn(2, 3, 32, 32))
+    _, g_l = first.text_features_from_tokens(ids, mask)
+    (g_v.sum() + g_l.sum()).backward()
+    opt.step()
+    assert any(not torch.equal(pristine[k], v) for k, v in first.state_dict().items())
+    reset = tiny.dual_encoder(text_trainable=True, image_head=True, seed=5)
+    for k, v in reset.state_dict().items():
+        assert torch.equal(pristine[k], v), k
+    # the backbone's own pretrained copy was not touched by training the online model
+    for k, v in tiny.text_encoder.state_dict().items():
+        assert torch.equal(v, reset.text_encoder.state_dict()[k])
+
+
+def test_distill_is_deterministic_and_moves_the_data(tiny, mini, cache_dir):
+    m = get_method("covmatch")
+    params = apply_overrides(m.default_params(8, "shapes-mini"), {"iterations": 4, "reset_every": 2})
+
+    def run():
+        return m.distill(DistillContext(mini, tiny, 8, 3, torch.device("cpu"), cache_dir), params)
+
+    a, b = run(), run()
+    assert torch.equal(a.images, b.images) and torch.equal(a.text_embeddings, b.text_embeddings)
+    start = apply_overrides(params, {"iterations": 0})
+    s = m.distill(DistillContext(mini, tiny, 8, 3, torch.device("cpu"), cache_dir), start)
+    assert not torch.equal(a.images, s.images) and not torch.equal(a.text_embeddings, s.text_embeddings)
+    assert a.text_kind == "token_embeddings" and a.encoder_id == tiny.text_encoder_id
+    assert a.meta["timings"]["s_per_iteration"] > 0
+
+
+def test_published_defaults_per_size():
+    m = get_method("covmatch")
+    p100, p200, p500 = (m.default_params(n, "flickr30k") for n in (100, 200, 500))
+    assert (p100.rho, p100.lam, p100.iterations) == (2.0, 0.1, 10000)
+    assert (p200.rho, p200.lam, p200.iterations) == (1.0, 0.1, 10000)
+    assert (p500.rho, p500.lam, p500.iterations) == (1.0, 0.5, 20000)
+    assert (p100.lr_syn, p100.momentum_syn, p100.real_batch, p100.syn_batch, p100.reset_every) == (1.0, 0.5, 128, 256, 50)
+    assert apply_overrides(p100, {"lambda": "0"}).lam == 0.0
+    assert isinstance(p100, CovMatchParams)
+
+
+def test_cross_protocol_token_embeddings_under_frozen_text(tiny, mini, cache_dir):
+    from mmdd_bench.protocols import get_protocol
+
+    m = get_method("covmatch")
+    params = apply_overrides(m.default_params(8, "shapes-mini"), {"iterations": 1})
+    d = m.distill(DistillContext(mini, tiny, 8, 0, torch.device("cpu"), cache_dir), params)
+    frozen = get_protocol("frozen-text")
+    ep = apply_overrides(frozen.default_params("shapes-mini"), {"epochs": 1, "n_students": 1})
+    result = frozen.evaluate(d, mini, tiny, ep, 0, torch.device("cpu"), cache_dir)
+    assert 0 <= result.mean["r_mean"] <= 100

@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from mmdd_bench.distilled import DistilledSet
+from mmdd_bench.errors import UsageError
+from mmdd_bench.params import apply_overrides
+from mmdd_bench.protocols import PROTOCOLS, get_protocol
+
+CPU = torch.device("cpu")
+
+
+def quick(protocol, **kw):
+    return apply_overrides(protocol.default_params("shapes-mini"), {"epochs": 2, "n_students": 2, **kw})
+
+
+def real_set(mini, tiny, cache_dir, n=16):
+    from mmdd_bench.data.images import ImageStore
+
+    store = ImageStore(mini.train.image_paths, tiny.image_size, cache_dir, mini.train.fingerprint, tiny.mean, tiny.std)
+    pairs = list(range(0, 5 * n, 5))
+    return DistilledSet(store.batch(mini.train.pair_image[pairs]), "captions", captions=[mini.train.captions[i] for i in pairs])
+
+
+def test_protocols_are_registered_and_versioned():
+    assert PROTOCOLS.names() == ["frozen-text", "trainable-text"]
+    for name in PROTOCOLS.names():
+        p = get_protocol(name)
+        assert p.version and p.accepts
+
+
+def test_embedded_defaults_are_smaller_and_paper_defaults_published():
+    p = get_protocol("trainable-text")
+    paper = p.default_params("flickr30k")
+    assert (paper.epochs, paper.n_students, paper.batch_size, paper.momentum, paper.weight_decay) == (100, 5, 128, 0.9, 5e-4)
+    assert p.default_params("shapes").epochs < 100
+
+
+@pytest.mark.parametrize("name", ["trainable-text", "frozen-text"])
+def test_evaluate_is_deterministic_and_reports_mean_std(name, mini, tiny, cache_dir):
+    p = get_protocol(name)
+    d = real_set(mini, tiny, cache_dir)
+    a = p.evaluate(d, mini, tiny, quick(p), 0, CPU, cache_dir)
+    b = p.evaluate(d, mini, tiny, quick(p), 0, CPU, cache_dir)
+    assert a.per_student == b.per_student
+    assert len(a.per_student) == 2 and a.per_student[0] != a.per_student[1]  # students differ by seed
+    assert a.mean["r_mean"] == pytest.approx(sum(s["r_mean"] for s in a.per_student) / 2)
+    assert a.std["r_mean"] > 0
+
+
+def test_val_selection_never_reads_test(mini, tiny, cache_dir, monkeypatch):
+    p = get_protocol("frozen-text")
+    seen = []
+    original = p.score
+
+    def spy(model, split, *args, **kw):
+        seen.append(split.fingerprint)
+        return original(model, split, *args, **kw)
+
+    monkeypatch.setattr(p, "score", spy)
+    result = p.evaluate(real_set(mini, tiny, cache_dir), mini, tiny, quick(p, epochs=4, val_every=2, selection="val", n_students=1),
+                        0, CPU, cache_dir)
+    assert seen[:-1] == [mini.val.fingerprint] * 2 and seen[-1] == mini.test.fingerprint
+    assert result.selected_epochs[0] in (2, 4)
+
+
+def test_trainable_text_rejects_sentence_embeddings(mini, tiny, cache_dir):
+    d = DistilledSet(torch.zeros(2, 3, 32, 32), "sentence_embeddings", text_embeddings=torch.zeros(2, tiny.text_dim),
+                     encoder_id=tiny.text_encoder_id)
+    p = get_protocol("trainable-text")
+    with pytest.raises(UsageError, match="accepts captions, token_embeddings"):
+        p.evaluate(d, mini, tiny, quick(p), 0, CPU, cache_dir)
+
+
+def test_embeddings_from_another_encoder_are_rejected(mini, tiny, cache_dir):
+    d = DistilledSet(torch.zeros(2, 3, 32, 32), "sentence_embeddings", text_embeddings=torch.zeros(2, tiny.text_dim),
+                     encoder_id="paper:nfnet_l0+bert-base-uncased")
+    with pytest.raises(UsageError, match="live in"):
+        get_protocol("frozen-text").check_compatible(d, tiny)
+    wrong_size = DistilledSet(torch.zeros(2, 3, 64, 64), "captions", captions=["a", "b"])
+    with pytest.raises(UsageError, match="px"):
+        get_protocol("frozen-text").check_compatible(wrong_size, tiny)
+
+
+def test_frozen_text_uses_learned_step_sizes(mini, tiny):
+    d = DistilledSet(torch.zeros(2, 3, 32, 32), "captions", captions=["a", "b"],
+                     extras={"lr_image": torch.tensor(0.05), "lr_text": torch.tensor(0.3)})
+    p = get_protocol("frozen-text")
+    lrs, notes = p.learning_rates(d, tiny, quick(p))
+    assert lrs == {"encoder": pytest.approx(0.05), "projection": pytest.approx(0.3)} and notes
+    lrs, _ = p.learning_rates(d, tiny, quick(p, use_learned_lrs=False))
+    assert lrs == {"encoder": tiny.lr_encoder, "projection": tiny.lr_projection}
+
+
+def test_bad_eval_params_are_clear():
+    p = get_protocol("frozen-text")
+    with pytest.raises(UsageError, match="Did you mean epochs"):
+        apply_overrides(p.default_params("shapes"), {"epoch": "3"}, scope="eval")
+    with pytest.raises(UsageError, match="expected int"):
+        apply_overrides(p.default_params("shapes"), {"epochs": "three"}, scope="eval")
+    with pytest.raises(UsageError, match="selection"):
+        apply_overrides(p.default_params("shapes"), {"selection": "test"}, scope="eval")
