@@ -52,7 +52,8 @@ class CovMatchParams:
     lam: float = 0.1
     real_batch: int = 128
     syn_batch: int = 256  # used when N > 200; smaller sets use all of S every iteration
-    lr_syn: float = 1.0
+    lr_images: float = 1.0  # the paper uses one SGD lr (1.0) for pixels and text
+    lr_text: float = 1.0
     momentum_syn: float = 0.5
     reset_every: int = 50
     online_update: bool = True
@@ -114,7 +115,8 @@ class CovMatch(Method):
             else:  # prior work's space: frozen sentence embeddings
                 syn_text = bb.text_encoder(ids, syn_mask).clone()
         syn_text.requires_grad_(True)
-        opt_syn = torch.optim.SGD([syn_images, syn_text], lr=params.lr_syn, momentum=params.momentum_syn)
+        opt_syn = torch.optim.SGD([{"params": [syn_images], "lr": params.lr_images},
+                                   {"params": [syn_text], "lr": params.lr_text}], momentum=params.momentum_syn)
 
         all_ids, all_mask = bb.tokenize(train.captions)  # tokenised once, sliced per batch
         lrs = (params.lr_encoder or bb.lr_encoder, params.lr_projection or bb.lr_projection)
@@ -148,11 +150,12 @@ class CovMatch(Method):
                 g_l_s = model.text_head(h_l_s)
             loss = covmatch_loss((h_v_r, h_l_r, g_v_r, g_l_r), (h_v_s, h_l_s, g_v_s, g_l_s), params.rho, params.lam)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"covmatch loss became {loss.item()} at iteration {it}; lower covmatch.lr_syn")
+                raise FloatingPointError(f"covmatch loss became {loss.item()} at iteration {it}; lower covmatch.lr_images / covmatch.lr_text")
             opt_syn.zero_grad(set_to_none=True)
             loss.backward(inputs=[syn_images, syn_text])
             opt_syn.step()
-            losses.append(loss.item())
+            if it % params.reset_every == 0:  # at a reset the encoders are the pretrained ones: comparable
+                losses.append(round(loss.item(), 4))
 
             if params.online_update:
                 model.train()
@@ -173,7 +176,7 @@ class CovMatch(Method):
             extras={"source_pairs": torch.as_tensor(init_pairs, dtype=torch.long)},
             meta={"timings": {"iterations": params.iterations,
                               "s_per_iteration": round(elapsed / max(1, params.iterations), 4)},
-                  "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None},
+                  "loss_at_resets": losses},
         )
 
 

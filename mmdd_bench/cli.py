@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="redo cells that already have a record")
     run.add_argument("--json", action="store_true", help="print the records as JSON lines instead of a table")
 
-    ev = sub.add_parser("eval", help="evaluate a saved distilled set (.json/.safetensors)")
+    ev = sub.add_parser("eval", help="evaluate a saved distilled set (.json/.safetensors) and record the result")
     common(ev)
     ev.add_argument("artifact", type=Path)
     ev.add_argument("--dataset", default=None, help="default: the dataset the set was distilled from")
@@ -143,16 +143,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import dataclasses
-
-    import torch
-
     from .data import load_dataset
     from .distilled import DistilledSet
     from .encoders import build_backbone
-    from .harness import resolve_device
+    from .harness import evaluate_artifact, resolve_device
     from .params import apply_overrides, parse_set_options
     from .protocols import get_protocol
+    from .records import record_path
 
     distilled = DistilledSet.load(args.artifact)
     meta = distilled.meta
@@ -171,14 +168,14 @@ def cmd_eval(args) -> int:
     protocol = get_protocol(protocol_name)
     params = apply_overrides(protocol.default_params(dataset_name), parse_set_options(args.overrides).get("eval", {}), "eval")
     device = resolve_device(args.device)
-    torch.manual_seed(args.seed)
     with _progress(args.quiet) as progress:
-        result = protocol.evaluate(distilled, dataset, backbone, params, args.seed, device, args.cache_dir,
-                                   _ProgressReporter(progress))
+        rec = evaluate_artifact(args.artifact, distilled, dataset, backbone, protocol_name, params, args.seed, device,
+                                args.cache_dir, args.results, _ProgressReporter(progress))
     print(json.dumps({"artifact": str(args.artifact), "dataset": dataset_name, "protocol": protocol_name,
-                      "protocol_version": protocol.version, "params": dataclasses.asdict(params),
-                      "mean": result.mean, "std": result.std, "per_student": result.per_student,
-                      "lrs": result.lrs, "notes": result.notes}, indent=1))
+                      "protocol_version": rec.protocol_version, "params": rec.protocol_params,
+                      "mean": rec.metrics["mean"], "std": rec.metrics["std"],
+                      "per_student": rec.metrics["per_student"], "lrs": rec.eval_lrs, "notes": rec.notes,
+                      "record": str(record_path(args.results, rec.run_id))}, indent=1))
     return 0
 
 

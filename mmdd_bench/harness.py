@@ -211,6 +211,8 @@ class Harness:
                                        "timings": timings, "peak_memory_mb": memory,
                                        "image_mean": list(bb.mean), "image_std": list(bb.std)})
                 distilled.save(artifact)
+        except MMDDError:
+            raise  # bad data, weights or arguments: every cell would fail alike; stop with the message
         except Exception as exc:  # a failing plugin is recorded, the grid goes on
             return done + [self._failed(cell, run_id, spec, distill_id, bb, started, exc)
                            for run_id, spec in todo.values()]
@@ -221,6 +223,8 @@ class Harness:
                 with PeakMemory(self.device) as pm:
                     result = protocol.evaluate(distilled, ds, bb, eval_params, cell.seed, self.device,
                                                self.config.cache_dir, self.progress)
+            except MMDDError:
+                raise
             except Exception as exc:
                 done.append(self._failed(cell, run_id, spec, distill_id, bb, started, exc))
                 continue
@@ -246,8 +250,7 @@ class Harness:
 
     def _failed(self, cell: Cell, run_id: str, spec: dict, distill_id: str, bb: Backbone, started: str,
                 exc: BaseException) -> RunRecord:
-        kind = "usage" if isinstance(exc, MMDDError) else "error"
-        self.log(f"  FAILED ({kind}): {exc}")
+        self.log(f"  FAILED: {type(exc).__name__}: {exc}")
         rec = RunRecord(
             run_id=run_id, distill_id=distill_id, status="failed", dataset=cell.dataset,
             dataset_fingerprints={"train": spec["train"], "test": spec["test"]}, method=cell.method,
@@ -259,3 +262,38 @@ class Harness:
         )
         rec.save(self.config.results_dir)
         return rec
+
+
+def evaluate_artifact(path: Path, distilled: DistilledSet, dataset: Dataset, backbone: Backbone, protocol_name: str,
+                      params, seed: int, device: torch.device, cache_dir: Path, results_dir: Path,
+                      progress: Callable[[str, int, int], None] | None = None) -> RunRecord:
+    """Score a saved set (possibly distilled elsewhere) and record it like any harness cell, so it can
+    sit in the same leaderboard. Its identity is the content hash of its tensors plus the protocol spec."""
+    import hashlib
+
+    protocol = get_protocol(protocol_name)
+    meta = distilled.meta
+    distill_id = hashlib.sha256(Path(path).with_suffix(".safetensors").read_bytes()).hexdigest()[:16]
+    spec = {"artifact_sha": distill_id, "dataset": dataset.name, "test": dataset.test.fingerprint,
+            "backbone_weights": backbone.weights_id, "protocol": protocol_name, "protocol_version": protocol.version,
+            "protocol_params": dataclasses.asdict(params), "seed": seed}
+    started = utc_now()
+    with PeakMemory(device) as pm:
+        result = protocol.evaluate(distilled, dataset, backbone, params, seed, device, cache_dir, progress)
+    rec = RunRecord(
+        run_id=canonical_id(spec), distill_id=distill_id, status="ok", dataset=dataset.name,
+        dataset_fingerprints={"train": dataset.train.fingerprint, "val": dataset.val.fingerprint,
+                              "test": dataset.test.fingerprint},
+        method=meta.get("method", "external"), method_version=str(meta.get("method_version", "unknown")),
+        method_params=meta.get("method_params", {}), size=len(distilled), seed=int(meta.get("seed", seed)),
+        backbone=backbone.name, backbone_weights=backbone.weights_id, protocol=protocol_name,
+        protocol_version=protocol.version, protocol_params=spec["protocol_params"], n_pairs=len(distilled),
+        storage_bytes=distilled.storage_bytes(), eval_seeds=[seed * 1000 + k for k in range(params.n_students)],
+        metrics={"mean": result.mean, "std": result.std, "per_student": result.per_student},
+        selected_epochs=result.selected_epochs, eval_lrs=result.lrs, notes=result.notes + [f"evaluated from {path}"],
+        timings={**meta.get("timings", {}), "eval_s": round(result.seconds, 3)},
+        peak_memory_mb={f"eval_{k}": v for k, v in pm.result().items()}, device=str(device), artifact=str(path),
+        versions=versions(), started_utc=started, finished_utc=utc_now(),
+    )
+    rec.save(results_dir)
+    return rec

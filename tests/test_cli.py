@@ -64,9 +64,12 @@ def test_eval_scores_a_saved_set(run, tmp_path, cache_dir, capsys):
     artifact = next((tmp_path / "res" / "artifacts").glob("*.json"))
     capsys.readouterr()
     assert main(["eval", str(artifact), "--cache-dir", str(cache_dir), "--protocol", "frozen-text",
+                 "--results", str(tmp_path / "res"),
                  "--set", "eval.epochs=1", "--set", "eval.n_students=1", "--quiet"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["dataset"] == "shapes-mini" and out["protocol"] == "frozen-text" and "r_mean" in out["mean"]
+    rec = json.loads(open(out["record"]).read())  # recorded like a harness cell, so it enters leaderboards
+    assert rec["method"] == "random" and rec["protocol"] == "frozen-text" and rec["status"] == "ok"
 
 
 @pytest.mark.parametrize("args,message", [
@@ -111,3 +114,18 @@ def test_console_script_entry_point(cache_dir):
     out = subprocess.run([sys.executable, "-m", "mmdd_bench.cli", "list", "methods"], capture_output=True, text=True,
                          env=env, timeout=120)
     assert out.returncode == 0 and "random" in out.stdout
+
+
+def test_unreadable_image_in_a_flickr_layout_exits_2_naming_the_file(cache_dir, tmp_path, capsys):
+    from conftest import write_flickr
+
+    ds = write_flickr(tmp_path / "data")
+    (ds / "flickr30k-images" / "tr1.jpg").write_bytes(b"garbage")
+    code = main(["run", "--datasets", "flickr30k", "--data-root", str(tmp_path / "data"), "--backbone", "tiny",
+                 "--methods", "random", "--sizes", "2", "--cache-dir", str(cache_dir), "--results",
+                 str(tmp_path / "res"), "--quiet"])
+    assert code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "tr1.jpg" in err and "Traceback" not in err
+    assert not list((tmp_path / "res").glob("runs/*.json"))
+    assert not list((cache_dir / "images").glob("*.tmp*"))

@@ -98,7 +98,7 @@ def test_published_defaults_per_size():
     assert (p100.rho, p100.lam, p100.iterations) == (2.0, 0.1, 10000)
     assert (p200.rho, p200.lam, p200.iterations) == (1.0, 0.1, 10000)
     assert (p500.rho, p500.lam, p500.iterations) == (1.0, 0.5, 20000)
-    assert (p100.lr_syn, p100.momentum_syn, p100.real_batch, p100.syn_batch, p100.reset_every) == (1.0, 0.5, 128, 256, 50)
+    assert (p100.lr_images, p100.lr_text, p100.momentum_syn, p100.real_batch, p100.syn_batch, p100.reset_every) == (1.0, 1.0, 0.5, 128, 256, 50)
     assert apply_overrides(p100, {"lambda": "0"}).lam == 0.0
     assert isinstance(p100, CovMatchParams)
 
@@ -113,3 +113,26 @@ def test_cross_protocol_token_embeddings_under_frozen_text(tiny, mini, cache_dir
     ep = apply_overrides(frozen.default_params("shapes-mini"), {"epochs": 1, "n_students": 1})
     result = frozen.evaluate(d, mini, tiny, ep, 0, torch.device("cpu"), cache_dir)
     assert 0 <= result.mean["r_mean"] <= 100
+
+
+@pytest.mark.slow
+def test_covmatch_on_paper_architecture_and_flickr_layout(tmp_path, cache_dir):
+    """The real path end to end at toy scale: Flickr-format files, paper augmentation, nfnet_l0 + BERT-base
+    (random weights, 64 px), token-embedding text, then the trainable-text protocol."""
+    from conftest import write_flickr
+
+    from mmdd_bench.data import load_dataset
+    from mmdd_bench.encoders import build_backbone
+    from mmdd_bench.protocols import get_protocol
+
+    write_flickr(tmp_path)
+    ds = load_dataset("flickr30k", tmp_path, cache_dir)
+    bb = build_backbone("paper", cache_dir, pretrained=False, image_size=64)
+    m = get_method("covmatch")
+    params = apply_overrides(m.default_params(2, "flickr30k"), {"iterations": 2, "real_batch": 4})
+    d = m.distill(DistillContext(ds, bb, 2, 0, torch.device("cpu"), cache_dir), params)
+    assert d.text_embeddings.shape[0] == 2 and d.text_embeddings.shape[2] == 768
+    p = get_protocol("trainable-text")
+    result = p.evaluate(d, ds, bb, apply_overrides(p.default_params("flickr30k"), {"epochs": 1, "n_students": 1}),
+                        0, torch.device("cpu"), cache_dir)
+    assert set(result.mean) >= {"i2t_R@1", "t2i_R@10", "r_mean"}

@@ -1,37 +1,11 @@
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from conftest import write_flickr
 
 from mmdd_bench.data import load_dataset
 from mmdd_bench.data.text import pre_caption
 from mmdd_bench.errors import DataError, UsageError
-
-
-def write_flickr(root: Path, image_folder: str = "flickr30k-images", n_train: int = 4, n_test: int = 3) -> Path:
-    """A Flickr30K-format fixture: BLIP Karpathy JSONs + JPEGs; test image 0 has 6 captions."""
-    ds = root / "flickr30k"
-    (ds / "annotations").mkdir(parents=True)
-    (ds / image_folder).mkdir(parents=True)
-    rng = np.random.default_rng(0)
-
-    def image(name: str) -> str:
-        Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(ds / image_folder / name)
-        return f"flickr30k-images/{name}"
-
-    train = [{"image": image(f"tr{i}.jpg"), "caption": f"A dog (number {i}) runs!", "image_id": i}
-             for i in range(n_train) for _ in range(2)]
-    # each train image listed twice (two captions): the loader deduplicates images
-    train = [{"image": e["image"], "caption": e["caption"] + f" take {k}", "image_id": e["image_id"]}
-             for k, e in enumerate(train)]
-    test = [{"image": image(f"te{i}.jpg"), "caption": [f"caption {i}.{j}" for j in range(6 if i == 0 else 5)]}
-            for i in range(n_test)]
-    val = [{"image": image(f"va{i}.jpg"), "caption": [f"val {i}"]} for i in range(2)]
-    for split, entries in [("train", train), ("val", val), ("test", test)]:
-        (ds / "annotations" / f"flickr30k_{split}.json").write_text(json.dumps(entries))
-    return ds
 
 
 def test_pre_caption_matches_published_rules():

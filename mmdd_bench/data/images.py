@@ -38,12 +38,15 @@ class ImageStore:
         with FileLock(str(path) + ".lock"):
             if not path.is_file():
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
-                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-                for i, p in enumerate(paths):
-                    array[i] = _decode(p, size)
-                array.flush()
-                del array
-                os.replace(tmp, path)
+                try:
+                    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                    for i, p in enumerate(paths):
+                        array[i] = _decode(p, size)
+                    array.flush()
+                    del array
+                    os.replace(tmp, path)
+                finally:
+                    tmp.unlink(missing_ok=True)
         self.array = np.load(path, mmap_mode="r")
         if self.array.shape != shape:
             raise DataError(f"image cache {path} has shape {self.array.shape}, expected {shape}; delete it.")

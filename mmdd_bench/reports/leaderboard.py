@@ -68,9 +68,24 @@ def to_markdown(board: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboards(results_dir: Path) -> list[Path]:
-    """Regenerate ``<results>/leaderboard/``: ``leaderboard.csv`` with every group, and one CSV and
-    Markdown table per (dataset, backbone, protocol)."""
+def published_markdown(published) -> str:
+    if published.empty:
+        return ""
+    lines = ["", "## Published (paper setting, for reference; not measured here)", "",
+             "| source | method | size | t2i_mean | i2t_mean | r_mean |", "|---|---|---|---|---|---|"]
+    for _, row in published.sort_values(["source", "size", "method"]).iterrows():
+        lines.append(f"| {row['source']} | {row['method']} | {row['size_label']} | {row['t2i_mean']} | "
+                     f"{row['i2t_mean']} | {row['r_mean']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboards(results_dir: Path, plots: bool = True) -> list[Path]:
+    """Regenerate ``<results>/leaderboard/``: ``leaderboard.csv`` with every group, and per
+    (dataset, backbone, protocol) a CSV, a Markdown table (published numbers beside, labelled) and
+    figures (``r_mean`` against size; per-metric bars at the largest size)."""
+    from .plots import metric_bars, recall_vs_size
+    from .published import published_for
+
     results_dir = Path(results_dir)
     board = leaderboard(records_frame(read_records(results_dir)))
     out_dir = results_dir / "leaderboard"
@@ -80,6 +95,10 @@ def write_leaderboards(results_dir: Path) -> list[Path]:
         stem = out_dir / f"{ds}__{bb}__{proto}"
         atomic_write_text(stem.with_suffix(".csv"), part.to_csv(index=False))
         title = f"# {ds} / backbone {bb} / protocol {proto}\n\nmean ± std over seeds; recall in percent.\n\n"
-        atomic_write_text(stem.with_suffix(".md"), title + to_markdown(part))
+        atomic_write_text(stem.with_suffix(".md"), title + to_markdown(part) + published_markdown(published_for(ds, bb, proto)))
         written += [stem.with_suffix(".csv"), stem.with_suffix(".md")]
+        if plots:
+            written += recall_vs_size(part, ds, bb, proto, out_dir / f"{ds}__{bb}__{proto}__r_mean_vs_size")
+            written += metric_bars(part, int(part["size"].max()), f"{ds} / {bb} / {proto}",
+                                   out_dir / f"{ds}__{bb}__{proto}__metrics")
     return written

@@ -1,0 +1,64 @@
+"""Figures from a leaderboard: mean recall against size per method (error bars = std over seeds), with
+published curves dashed beside measured ones; one figure per (dataset, backbone, protocol)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .published import published_for  # noqa: E402
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    out = []
+    for ext in ("png", "svg"):
+        path = stem.with_suffix(f".{ext}")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{ext}")
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
+        os.replace(tmp, path)
+        out.append(path)
+    plt.close(fig)
+    return out
+
+
+def recall_vs_size(board: pd.DataFrame, dataset: str, backbone: str, protocol: str, stem: Path) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours: dict[str, str] = {}
+    for method, part in board.groupby("method", sort=True):
+        part = part.sort_values("size")
+        line = ax.errorbar(part["size"], part["r_mean"], yerr=part["r_mean_std"], marker="o", capsize=3,
+                           label=f"{method} (measured)")
+        colours[method] = line[0].get_color()
+    published = published_for(dataset, backbone, protocol).dropna(subset=["size"])
+    for (method, source), part in published.groupby(["method", "source"], sort=True):
+        part = part.sort_values("size")
+        ax.plot(part["size"], part["r_mean"], linestyle="--", marker="x", color=colours.get(method),
+                label=f"{method} (published: {source.split('(')[0].strip()})")
+    ax.set_xlabel("distilled pairs (N)")
+    ax.set_ylabel("mean recall r_mean (%)")
+    ax.set_title(f"{dataset} / {backbone} / {protocol}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, stem)
+
+
+def metric_bars(board: pd.DataFrame, size: int, title: str, stem: Path) -> list[Path]:
+    metrics = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"]
+    part = board[board["size"] == size].sort_values("method")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(1, len(part))
+    for k, (_, row) in enumerate(part.iterrows()):
+        xs = [i + k * width for i in range(len(metrics))]
+        ax.bar(xs, [row[m] for m in metrics], width, yerr=[row[f"{m}_std"] for m in metrics], capsize=2,
+               label=row["method"])
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))], metrics)
+    ax.set_ylabel("recall (%)")
+    ax.set_title(f"{title}, N={size}")
+    ax.legend(fontsize=8)
+    return _save(fig, stem)
