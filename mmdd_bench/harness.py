@@ -111,6 +111,12 @@ class Harness:
         return apply_overrides(protocol.default_params(dataset), self.config.overrides.get(EVAL_SCOPE, {}),
                                scope=EVAL_SCOPE)
 
+    def variant(self, scope: str, params) -> str:
+        """The overridden parameters with their typed values: rows of different variants never merge."""
+        names = sorted(self.config.overrides.get(scope, {}))
+        aliases = getattr(type(params), "ALIASES", {})
+        return ",".join(f"{aliases.get(n, n)}={getattr(params, aliases.get(n, n))}" for n in names)
+
     def plan(self) -> list[Cell]:
         cells = []
         for ds_name in self.config.datasets:
@@ -230,6 +236,7 @@ class Harness:
                 continue
             rec = RunRecord(
                 run_id=run_id, distill_id=distill_id, status="ok", dataset=cell.dataset,
+                variant=self.variant(method.name, params), eval_variant=self.variant(EVAL_SCOPE, eval_params),
                 dataset_fingerprints={"train": ds.train.fingerprint, "val": ds.val.fingerprint,
                                       "test": ds.test.fingerprint},
                 method=method.name, method_version=method.version, method_params=spec["method_params"],
@@ -253,6 +260,7 @@ class Harness:
         self.log(f"  FAILED: {type(exc).__name__}: {exc}")
         rec = RunRecord(
             run_id=run_id, distill_id=distill_id, status="failed", dataset=cell.dataset,
+            variant=",".join(f"{k}={v}" for k, v in sorted(self.config.overrides.get(cell.method, {}).items())),
             dataset_fingerprints={"train": spec["train"], "test": spec["test"]}, method=cell.method,
             method_version=spec["method_version"], method_params=spec["method_params"], size=cell.size,
             seed=cell.seed, backbone=bb.name, backbone_weights=bb.weights_id, protocol=spec["protocol"],

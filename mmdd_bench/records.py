@@ -79,6 +79,8 @@ class RunRecord:
     protocol: str
     protocol_version: str
     protocol_params: dict
+    variant: str = ""  # the user's --set overrides of the method's published defaults, e.g. "lam=0.0"
+    eval_variant: str = ""  # the user's --set eval.* overrides, e.g. "epochs=2"
     n_pairs: int | None = None
     storage_bytes: int | None = None
     eval_seeds: list[int] = field(default_factory=list)

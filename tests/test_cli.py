@@ -33,12 +33,20 @@ def test_run_writes_records_artifacts_and_leaderboard(run, tmp_path, capsys):
     assert (tmp_path / "res" / rec["artifact"]).with_suffix(".safetensors").is_file()
     board = pd.read_csv(tmp_path / "res" / "leaderboard" / "leaderboard.csv")
     assert len(board) == 4 and set(board["n_seeds"]) == {2}
-    assert list(board.columns[:8]) == ["dataset", "backbone", "protocol", "protocol_version", "method", "size",
-                                       "n_seeds", "i2t_R@1"]
+    assert list(board.columns[:10]) == ["dataset", "backbone", "protocol", "protocol_version", "eval_variant", "method",
+                                        "variant", "size", "n_seeds", "i2t_R@1"]
+    assert set(board["eval_variant"]) == {"epochs=2,n_students=1"}  # debugging limits are visible, never merged
     assert "r_mean_std" in board.columns and "gain_vs_random" in board.columns
     assert (board.loc[board["method"] == "random", "gain_vs_random"] == 0).all()
     md = (tmp_path / "res" / "leaderboard" / "shapes-mini__tiny__trainable-text.md").read_text()
     assert "| herding |" in md and "±" in md
+
+
+def test_variants_get_their_own_rows(run, tmp_path):
+    assert run("--methods", "random,herding", "--sizes", "5") == 0
+    assert run("--methods", "herding", "--sizes", "5", "--set", "herding.image_weight=0") == 0
+    board = pd.read_csv(tmp_path / "res" / "leaderboard" / "leaderboard.csv", keep_default_na=False)
+    assert sorted(board["variant"]) == ["", "", "image_weight=0.0"]
 
 
 def test_rerun_skips_done_cells_and_force_redoes_them(run, tmp_path):
@@ -121,6 +129,7 @@ def test_unreadable_image_in_a_flickr_layout_exits_2_naming_the_file(cache_dir, 
 
     ds = write_flickr(tmp_path / "data")
     (ds / "flickr30k-images" / "tr1.jpg").write_bytes(b"garbage")
+    temp_before = set((cache_dir / "images").glob("*.tmp*"))
     code = main(["run", "--datasets", "flickr30k", "--data-root", str(tmp_path / "data"), "--backbone", "tiny",
                  "--methods", "random", "--sizes", "2", "--cache-dir", str(cache_dir), "--results",
                  str(tmp_path / "res"), "--quiet"])
@@ -128,4 +137,4 @@ def test_unreadable_image_in_a_flickr_layout_exits_2_naming_the_file(cache_dir, 
     err = " ".join(capsys.readouterr().err.split())
     assert "tr1.jpg" in err and "Traceback" not in err
     assert not list((tmp_path / "res").glob("runs/*.json"))
-    assert not list((cache_dir / "images").glob("*.tmp*"))
+    assert set((cache_dir / "images").glob("*.tmp*")) == temp_before  # no half-written image cache

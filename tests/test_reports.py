@@ -31,7 +31,7 @@ def test_write_leaderboards_with_published_and_plots(tmp_path):
     assert "flickr30k__paper__trainable-text__r_mean_vs_size.png" in names
     assert "flickr30k__paper__trainable-text__r_mean_vs_size.svg" in names
     md = (tmp_path / "leaderboard" / "flickr30k__paper__trainable-text.md").read_text()
-    assert "Published" in md and "CovMatch paper" in md and "| random | 100 | 2 |" in md
+    assert "Published" in md and "CovMatch paper" in md and "| random |  |  | 100 | 2 |" in md
     assert pd.read_csv(tmp_path / "leaderboard" / "leaderboard.csv")["n_seeds"].tolist() == [2]
 
 

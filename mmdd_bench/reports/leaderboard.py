@@ -10,7 +10,9 @@ import pandas as pd
 from ..metrics import METRIC_NAMES
 from ..records import RunRecord, atomic_write_text, read_records
 
-KEY = ["dataset", "backbone", "protocol", "protocol_version", "method", "size"]
+KEY = ["dataset", "backbone", "protocol", "protocol_version", "eval_variant", "method", "variant", "size"]
+# Rows compared with random at the same size: same evaluation, random with its published defaults.
+BASE = ["dataset", "backbone", "protocol", "protocol_version", "eval_variant", "size"]
 
 
 def records_frame(records: list[RunRecord]) -> pd.DataFrame:
@@ -19,7 +21,8 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
         if r.status != "ok" or not r.metrics.get("mean"):
             continue
         row = {"dataset": r.dataset, "backbone": r.backbone, "protocol": r.protocol,
-               "protocol_version": r.protocol_version, "method": r.method, "size": r.size, "seed": r.seed,
+               "protocol_version": r.protocol_version, "eval_variant": r.eval_variant, "method": r.method,
+               "variant": r.variant, "size": r.size, "seed": r.seed,
                "storage_bytes": r.storage_bytes, "distill_s": r.timings.get("distill_s", np.nan)}
         row.update({m: r.metrics["mean"][m] for m in METRIC_NAMES})
         rows.append(row)
@@ -33,7 +36,7 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
         "gain_vs_random", "storage_bytes", "distill_s"]
     if frame.empty:
         return pd.DataFrame(columns=columns)
-    grouped = frame.groupby(KEY, sort=True)
+    grouped = frame.groupby(KEY, sort=True, dropna=False)
     out = grouped[METRIC_NAMES].mean()
     std = grouped[METRIC_NAMES].std(ddof=1).fillna(0.0)
     for m in METRIC_NAMES:
@@ -42,16 +45,17 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     out["storage_bytes"] = grouped["storage_bytes"].mean()
     out["distill_s"] = grouped["distill_s"].mean()
     out = out.reset_index()
-    random_rows = out[out["method"] == "random"].set_index(["dataset", "backbone", "protocol", "protocol_version", "size"])["r_mean"]
-    keys = list(zip(out["dataset"], out["backbone"], out["protocol"], out["protocol_version"], out["size"], strict=True))
-    out["gain_vs_random"] = [out["r_mean"].iloc[i] - random_rows.get(k, np.nan) for i, k in enumerate(keys)]
+    is_random = (out["method"] == "random") & (out["variant"] == "")
+    random_r = out[is_random].set_index(BASE)["r_mean"]
+    keys = out[BASE].itertuples(index=False, name=None)
+    out["gain_vs_random"] = [r - random_r.get(k, np.nan) for r, k in zip(out["r_mean"], keys, strict=True)]
     out = out.sort_values(["dataset", "backbone", "protocol", "size", "r_mean"],
                           ascending=[True, True, True, True, False]).reset_index(drop=True)
     return out[columns].round(2)
 
 
 def to_markdown(board: pd.DataFrame) -> str:
-    cols = ["method", "size", "n_seeds", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10",
+    cols = ["method", "variant", "eval_variant", "size", "n_seeds", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10",
             "r_mean", "gain_vs_random"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in board.iterrows():
