@@ -71,8 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.NAME=VALUE")
 
-    rep = sub.add_parser("report", help="regenerate leaderboards from the run records")
+    show = sub.add_parser("show", help="render a distilled set as an image grid with decoded captions (PNG)")
+    show.add_argument("artifact", type=Path)
+    show.add_argument("--out", type=Path, default=None, help="PNG path (default: next to the artifact)")
+    show.add_argument("--max-items", type=int, default=24)
+    show.add_argument("--data-root", default=None)
+    show.add_argument("--cache-dir", type=Path, default=None)
+    show.add_argument("--device", default="cpu")
+
+    rep = sub.add_parser("report", help="regenerate leaderboards (CSV, Markdown, plots) from the run records")
     rep.add_argument("--results", type=Path, default=Path("results"))
+    rep.add_argument("--html", action="store_true", help="also galleries and the static page <results>/index.html")
+    rep.add_argument("--data-root", default=None, help="to decode learned text in galleries (Flickr30K/COCO)")
+    rep.add_argument("--cache-dir", type=Path, default=None)
 
     ls = sub.add_parser("list", help="list methods, datasets, backbones or protocols")
     ls.add_argument("what", choices=["methods", "datasets", "backbones", "protocols"])
@@ -179,11 +190,52 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_show(args) -> int:
+    from .data import load_dataset
+    from .data.images import ImageStore
+    from .distilled import DistilledSet
+    from .encoders import build_backbone
+    from .features import train_features
+    from .harness import resolve_device
+    from .reports.gallery import decode_text, render_gallery
+
+    distilled = DistilledSet.load(args.artifact)
+    captions = distilled.captions
+    if distilled.text_kind != "captions":  # decode embeddings against the real training captions
+        meta = distilled.meta
+        if not meta.get("dataset") or not meta.get("backbone"):
+            raise MMDDError(f"{args.artifact} does not name its dataset and backbone; cannot decode its text.")
+        ds = load_dataset(meta["dataset"], args.data_root, args.cache_dir)
+        bb = build_backbone(meta["backbone"], args.cache_dir)
+        store = ImageStore(ds.train.image_paths, bb.image_size, args.cache_dir, ds.train.fingerprint, bb.mean, bb.std)
+        _, text_feats = train_features(ds.train, store, bb, resolve_device(args.device), args.cache_dir)
+        captions = decode_text(distilled, ds.train, text_feats, bb)
+    out = args.out or Path(args.artifact).with_suffix(".gallery.png")
+    print(render_gallery(distilled, captions, out, max_items=args.max_items))
+    return 0
+
+
 def cmd_report(args) -> int:
-    from .reports.leaderboard import write_leaderboards
+    from .reports.leaderboard import leaderboard, records_frame, write_leaderboards
 
     for path in write_leaderboards(args.results):
         stdout.print(str(path))
+    if args.html:
+        from .records import read_records
+        from .reports.html import gallery_sources, write_page
+
+        records = read_records(args.results)
+        galleries, notes = {}, []
+        for key, rec in gallery_sources(records).items():
+            out = args.results / "gallery" / f"{key[0]}__{key[1]}__{key[2]}.png"
+            try:
+                cmd_show(argparse.Namespace(artifact=args.results / rec.artifact, out=out, max_items=12,
+                                            data_root=args.data_root, cache_dir=args.cache_dir, device="cpu"))
+                galleries[key] = out
+            except MMDDError as exc:
+                notes.append(f"no gallery for {' / '.join(key)}: {exc}")
+        page = write_page(args.results, leaderboard(records_frame(records)), galleries, notes)
+        stdout.print(str(page))
     return 0
 
 
@@ -227,7 +279,7 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "report": cmd_report, "list": cmd_list, "data": cmd_data}
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "show": cmd_show, "report": cmd_report, "list": cmd_list, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,3 +138,25 @@ def test_unreadable_image_in_a_flickr_layout_exits_2_naming_the_file(cache_dir, 
     assert "tr1.jpg" in err and "Traceback" not in err
     assert not list((tmp_path / "res").glob("runs/*.json"))
     assert set((cache_dir / "images").glob("*.tmp*")) == temp_before  # no half-written image cache
+
+
+def test_show_renders_a_gallery_with_decoded_captions(run, tmp_path, cache_dir, capsys, mini, tiny):
+    import torch
+
+    from mmdd_bench.data.images import ImageStore
+    from mmdd_bench.distilled import DistilledSet
+    from mmdd_bench.features import train_features
+    from mmdd_bench.reports.gallery import decode_text
+
+    assert run("--methods", "covmatch", "--sizes", "4", "--set", "covmatch.iterations=2") == 0
+    artifact = next((tmp_path / "res" / "artifacts").glob("*.json"))
+    capsys.readouterr()
+    out = tmp_path / "gallery.png"
+    assert main(["show", str(artifact), "--cache-dir", str(cache_dir), "--out", str(out)]) == 0
+    assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG"
+    d = DistilledSet.load(artifact)
+    assert d.text_kind == "token_embeddings"
+    store = ImageStore(mini.train.image_paths, 32, cache_dir, mini.train.fingerprint, tiny.mean, tiny.std)
+    _, text_feats = train_features(mini.train, store, tiny, torch.device("cpu"), cache_dir)
+    caps = decode_text(d, mini.train, text_feats, tiny)
+    assert len(caps) == 4 and all(c.startswith("~ ") and c[2:] in mini.train.captions for c in caps)

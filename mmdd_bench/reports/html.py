@@ -1,0 +1,94 @@
+"""``results/index.html``: one static page (no server) with every leaderboard, its figures, one gallery
+per (dataset, backbone, method) and the published paper-setting rows not measured here yet."""
+
+from __future__ import annotations
+
+import html
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from ..records import RunRecord, atomic_write_text
+from .published import published_results
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #ddd;margin:4px 0}
+.note{color:#666;font-size:13px}
+"""
+
+SHOWN = ["method", "variant", "eval_variant", "size", "n_seeds", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1",
+         "t2i_R@5", "t2i_R@10", "r_mean", "gain_vs_random"]
+
+
+def _table(part: pd.DataFrame) -> str:
+    shown = part.copy()
+    for m in ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_mean"]:
+        shown[m] = [f"{v:.2f} ± {s:.2f}" for v, s in zip(part[m], part[f"{m}_std"], strict=True)]
+    return shown[SHOWN].to_html(index=False, na_rep="", classes="leaderboard", escape=True)
+
+
+def missing_published(board: pd.DataFrame) -> pd.DataFrame:
+    """Published paper-setting rows with no measured row of the same dataset, protocol, method and size."""
+    pub = published_results().dropna(subset=["size"])
+    measured = set(zip(board["dataset"], board["backbone"], board["protocol"], board["method"], board["size"], strict=True))
+    keep = [(d, b, p, m, int(s)) not in measured
+            for d, b, p, m, s in zip(pub["dataset"], pub["backbone"], pub["protocol"], pub["method"], pub["size"], strict=True)]
+    return pub[keep][["dataset", "protocol", "method", "size", "r_mean", "source"]]
+
+
+def write_page(results_dir: Path, board: pd.DataFrame, galleries: dict[tuple[str, str, str], Path],
+               notes: list[str]) -> Path:
+    out = results_dir / "index.html"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>mmdd-bench results</title>"
+             f"<style>{STYLE}</style></head><body>",
+             "<h1>mmdd-bench results</h1>",
+             f"<p class='note'>Regenerated from {html.escape(str(results_dir / 'runs'))} by "
+             f"<code>mmdd-bench report --html</code> at {datetime.now(UTC).isoformat(timespec='seconds')}. "
+             "Mean ± std over seeds; recall in percent. The embedded <code>shapes</code> dataset is a synthetic "
+             "sanity benchmark, not comparable with the papers' Flickr30K/COCO numbers.</p>"]
+    for (ds, bb, proto), part in board.groupby(["dataset", "backbone", "protocol"], sort=True):
+        stem = f"leaderboard/{ds}__{bb}__{proto}"
+        parts.append(f"<h2>{html.escape(ds)} / backbone {html.escape(bb)} / protocol {html.escape(proto)}</h2>")
+        parts.append(_table(part))
+        parts.append(f"<img src='{stem}__r_mean_vs_size.png' alt='mean recall against size, {html.escape(ds)}'>")
+        parts.append(f"<img src='{stem}__metrics.png' alt='per-metric recall, {html.escape(ds)}'>")
+    if galleries:
+        parts.append("<h2>Distilled sets</h2>")
+        for (ds, bb, method), path in sorted(galleries.items()):
+            parts.append(f"<h3>{html.escape(method)} on {html.escape(ds)} ({html.escape(bb)})</h3>"
+                         f"<img src='{path.relative_to(results_dir)}' alt='gallery {html.escape(method)}'>")
+    missing = missing_published(board)
+    parts.append("<h2>Published rows not measured here yet</h2>")
+    parts.append("<p class='note'>The paper setting (backbone <code>paper</code>, Flickr30K/COCO) needs GPUs and the "
+                 "datasets; these rows arrive when someone runs them.</p>")
+    parts.append(missing.to_html(index=False, na_rep="", escape=True) if len(missing) else "<p>none</p>")
+    for note in notes:
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    # Lets a headless browser (and the tests) tell that every figure decoded: body[data-images="ok/total"].
+    parts.append("<script>window.addEventListener('load',()=>{const i=[...document.images];"
+                 "document.body.dataset.images=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>")
+    parts.append("</body></html>")
+    atomic_write_text(out, "\n".join(parts))
+    return out
+
+
+def gallery_sources(records: list[RunRecord]) -> dict[tuple[str, str, str], RunRecord]:
+    """One set per (dataset, backbone, method): the default variant if run, then the largest size and the
+    lowest seed."""
+    chosen: dict[tuple[str, str, str], RunRecord] = {}
+
+    def rank(r: RunRecord) -> tuple:
+        return (r.variant == "", r.size, -r.seed)
+
+    for r in records:
+        if r.status != "ok" or not r.artifact:
+            continue
+        key = (r.dataset, r.backbone, r.method)
+        if key not in chosen or rank(r) > rank(chosen[key]):
+            chosen[key] = r
+    return chosen
