@@ -24,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from mmdd_bench.checkpoint import load_checkpoint, restore_rng, rng_tensors, save_checkpoint
 from mmdd_bench.data.augment import RealAugment
 from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.encoders.heads import contrastive_loss
@@ -61,6 +62,9 @@ class CovMatchParams:
     text_trainable: bool = True
     lr_encoder: float = 0.0  # online model; 0 -> the backbone's default (paper: 0.01)
     lr_projection: float = 0.0  # 0 -> the backbone's default (paper: 0.1)
+    # Operational, not part of a result's identity: iterations between checkpoints, rounded up to a
+    # multiple of reset_every (0: never).
+    checkpoint_every: int = dataclasses.field(default=500, metadata={"operational": True})
 
     ALIASES: ClassVar[dict[str, str]] = {"lambda": "lam"}
 
@@ -132,9 +136,29 @@ class CovMatch(Method):
         lrs = (params.lr_encoder or bb.lr_encoder, params.lr_projection or bb.lr_projection)
         syn_batch = ctx.size if ctx.size <= 200 else min(params.syn_batch, ctx.size)
         model = opt_model = None
-        losses = []
+        losses: list[float] = []
+        first = 0
+        # Checkpoints fall on online-model resets, so the model itself never needs saving.
+        every = -(-params.checkpoint_every // params.reset_every) * params.reset_every if params.checkpoint_every else 0
+        resumed = load_checkpoint(ctx.checkpoint_dir) if every else None
+        if resumed is not None:
+            tensors, state = resumed
+            with torch.no_grad():
+                syn_images.copy_(tensors["syn_images"].to(dev))
+                syn_text.copy_(tensors["syn_text"].to(dev))
+            opt_syn.state[syn_images]["momentum_buffer"] = tensors["momentum.images"].to(dev)
+            opt_syn.state[syn_text]["momentum_buffer"] = tensors["momentum.text"].to(dev)
+            restore_rng(tensors, gen, dev)
+            rng.bit_generator.state = state["numpy_rng"]
+            first, losses = state["iteration"], state["losses"]
         start = time.perf_counter()
-        for it in range(params.iterations):
+        for it in range(first, params.iterations):
+            if every and ctx.checkpoint_dir is not None and it > first and it % every == 0:
+                save_checkpoint(ctx.checkpoint_dir, {
+                    "syn_images": syn_images, "syn_text": syn_text,
+                    "momentum.images": opt_syn.state[syn_images]["momentum_buffer"],
+                    "momentum.text": opt_syn.state[syn_text]["momentum_buffer"], **rng_tensors(gen, dev),
+                }, {"iteration": it, "losses": losses, "numpy_rng": rng.bit_generator.state})
             if it % params.reset_every == 0:
                 model = bb.dual_encoder(text_trainable=params.text_trainable, image_head=True,
                                         seed=ctx.seed * 100_003 + it, device=dev)
@@ -185,7 +209,8 @@ class CovMatch(Method):
             attention_mask=syn_mask.cpu() if params.text_trainable else None, encoder_id=bb.text_encoder_id,
             extras={"source_pairs": torch.as_tensor(init_pairs, dtype=torch.long)},
             meta={"timings": {"iterations": params.iterations,
-                              "s_per_iteration": round(elapsed / max(1, params.iterations), 4)},
+                              "s_per_iteration": round(elapsed / max(1, params.iterations - first), 4),
+                              "resumed_from_iteration": first},
                   "loss_at_resets": losses},
         )
 

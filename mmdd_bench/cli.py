@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SCOPE.NAME=VALUE",
                      help="override a parameter: METHOD.NAME=VALUE or eval.NAME=VALUE (repeatable)")
     run.add_argument("--force", action="store_true", help="redo cells that already have a record")
+    run.add_argument("--retry-failed", action="store_true", help="rerun only the cells whose record says failed")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local: cells in this process (torchrun/SLURM ranks shard them); ray: one Ray task per cell")
+    run.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     run.add_argument("--json", action="store_true", help="print the records as JSON lines instead of a table")
 
     ev = sub.add_parser("eval", help="evaluate a saved distilled set (.json/.safetensors) and record the result")
@@ -88,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list methods, datasets, backbones or protocols")
     ls.add_argument("what", choices=["methods", "datasets", "backbones", "protocols"])
     ls.add_argument("pattern", nargs="?", default="*")
+
+    cache = sub.add_parser("cache", help="show (du) or free (clear) what the cache holds")
+    cache.add_argument("action", choices=["du", "clear"])
+    cache.add_argument("what", nargs="?", default="all",
+                       choices=["all", "datasets", "images", "weights", "features", "open_clip"])
+    cache.add_argument("--cache-dir", type=Path, default=None)
 
     data = sub.add_parser("data", help="prepare (embedded) or check (Flickr30K/COCO) a dataset")
     data.add_argument("dataset")
@@ -138,11 +148,16 @@ def cmd_run(args) -> int:
     config = RunConfig(methods=args.methods, datasets=args.datasets, sizes=args.sizes, seeds=args.seeds,
                        results_dir=args.results, cache_dir=args.cache_dir, backbone=args.backbone,
                        protocols=args.protocol, data_root=args.data_root, device=args.device,
-                       overrides=parse_set_options(args.overrides), force=args.force)
+                       overrides=parse_set_options(args.overrides), force=args.force,
+                       retry_failed=args.retry_failed)
     log = (lambda s: None) if args.quiet else (lambda s: stderr.print(s, highlight=False))
-    with _progress(args.quiet) as progress:
-        harness = Harness(config, log=log, progress=_ProgressReporter(progress))
-        records = harness.run()
+    if args.executor == "ray":
+        from .executors import run_with_ray
+
+        records = run_with_ray(config, args.ray_address, log)
+    else:
+        with _progress(args.quiet) as progress:
+            records = Harness(config, log=log, progress=_ProgressReporter(progress)).run()
     write_leaderboards(args.results)
     if args.json:
         for r in records:
@@ -268,6 +283,26 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    import shutil
+
+    kinds = ["datasets", "images", "weights", "features", "open_clip"] if args.what == "all" else [args.what]
+    table = Table(title=f"cache {args.cache_dir}")
+    table.add_column("what")
+    table.add_column("files", justify="right")
+    table.add_column("MiB", justify="right")
+    for kind in kinds:
+        folder = args.cache_dir / kind
+        files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+        table.add_row(kind, str(len(files)), f"{sum(p.stat().st_size for p in files) / 2**20:.1f}")
+        if args.action == "clear" and folder.is_dir():
+            shutil.rmtree(folder)
+    stdout.print(table)
+    if args.action == "clear":
+        stdout.print(f"cleared: {', '.join(kinds)}")
+    return 0
+
+
 def cmd_data(args) -> int:
     from .data import load_dataset
 
@@ -279,7 +314,7 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "show": cmd_show, "report": cmd_report, "list": cmd_list, "data": cmd_data}
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "show": cmd_show, "cache": cmd_cache, "report": cmd_report, "list": cmd_list, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

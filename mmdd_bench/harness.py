@@ -5,6 +5,8 @@ are re-evaluated rather than distilled again."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from .data import load_dataset
 from .data.splits import Dataset
@@ -21,7 +24,7 @@ from .encoders.backbone import Backbone
 from .errors import MMDDError, UsageError
 from .memory import PeakMemory
 from .method import DistillContext, Method, get_method
-from .params import apply_overrides
+from .params import apply_overrides, identity_dict
 from .protocols import PROTOCOLS, get_protocol
 from .records import RunRecord, canonical_id, load_record, record_path, utc_now, versions
 
@@ -53,6 +56,18 @@ class RunConfig:
     device: str = "auto"
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)
     force: bool = False
+    retry_failed: bool = False  # run only cells whose last record failed
+
+
+def shard_from_environment() -> tuple[int, int]:
+    """(rank, world size) under torchrun (RANK/WORLD_SIZE) or SLURM (SLURM_PROCID/SLURM_NTASKS); (0, 1) alone."""
+    for rank_var, size_var in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if rank_var in os.environ and size_var in os.environ:
+            rank, size = int(os.environ[rank_var]), int(os.environ[size_var])
+            if not 0 <= rank < size:
+                raise UsageError(f"{rank_var}={rank} is outside 0..{size - 1} ({size_var}={size})")
+            return rank, size
+    return 0, 1
 
 
 @dataclass
@@ -113,9 +128,10 @@ class Harness:
 
     def variant(self, scope: str, params) -> str:
         """The overridden parameters with their typed values: rows of different variants never merge."""
-        names = sorted(self.config.overrides.get(scope, {}))
         aliases = getattr(type(params), "ALIASES", {})
-        return ",".join(f"{aliases.get(n, n)}={getattr(params, aliases.get(n, n))}" for n in names)
+        names = sorted(aliases.get(n, n) for n in self.config.overrides.get(scope, {}))
+        identity = identity_dict(params)
+        return ",".join(f"{n}={getattr(params, n)}" for n in names if n in identity)
 
     def plan(self) -> list[Cell]:
         cells = []
@@ -142,7 +158,7 @@ class Harness:
         distill_spec = {
             "dataset": cell.dataset, "train": ds.train.fingerprint, "method": method.name,
             "method_version": method.version,
-            "method_params": dataclasses.asdict(self.method_params(method, cell.size, cell.dataset)),
+            "method_params": identity_dict(self.method_params(method, cell.size, cell.dataset)),
             "size": cell.size, "seed": cell.seed, "backbone": bb.name, "backbone_weights": bb.weights_id,
         }
         run_specs = {}
@@ -153,12 +169,19 @@ class Harness:
                                "protocol_params": dataclasses.asdict(self.eval_params(protocol, cell.dataset))}
         return distill_spec, run_specs
 
+    def checkpoint_dir(self, distill_id: str) -> Path:
+        return self.config.results_dir / "checkpoints" / distill_id
+
     def artifact_path(self, distill_id: str) -> Path:
         return self.config.results_dir / "artifacts" / distill_id
 
     def run(self, on_record: Callable[[RunRecord], None] = lambda r: None) -> list[RunRecord]:
         records = []
         cells = self.plan()
+        rank, world = shard_from_environment()
+        if world > 1:  # every process plans the same grid and takes every world-th cell
+            cells = cells[rank::world]
+            self.log(f"shard {rank}/{world}: {len(cells)} cells")
         for i, cell in enumerate(cells, 1):
             self.log(f"[{i}/{len(cells)}] {cell.dataset} {cell.method} N={cell.size} seed={cell.seed}")
             for rec in self.run_cell(cell):
@@ -167,21 +190,40 @@ class Harness:
         return records
 
     def run_cell(self, cell: Cell) -> list[RunRecord]:
+        """Runs one cell under a per-cell lock: concurrent runs on one results folder (processes, shards,
+        Ray workers) never do a cell twice; the one that finds it locked moves on."""
+        distill_id = canonical_id(self.specs(cell)[0])
+        lock = FileLock(str(self.config.results_dir / "locks" / f"{distill_id}.lock"))
+        (self.config.results_dir / "locks").mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            self.log("  another process is running this cell; skipping it here")
+            return []
+        try:
+            return self._run_cell(cell)
+        finally:
+            lock.release()
+
+    def _run_cell(self, cell: Cell) -> list[RunRecord]:
         distill_spec, run_specs = self.specs(cell)
         distill_id = canonical_id(distill_spec)
         todo, done = {}, []
         for name, spec in run_specs.items():
             run_id = canonical_id(spec)
             path = record_path(self.config.results_dir, run_id)
-            if path.is_file() and not self.config.force:
+            previous = None
+            if path.is_file():
                 try:
-                    rec = load_record(path)
-                    if rec.status == "ok":
-                        self.log(f"  {name}: done already ({path.name}), skipping")
-                        done.append(rec)
-                        continue
+                    previous = load_record(path)
                 except (ValueError, TypeError):
-                    pass
+                    previous = None
+            if not self.config.force and previous is not None and previous.status == "ok":
+                self.log(f"  {name}: done already ({path.name}), skipping")
+                done.append(previous)
+                continue
+            if self.config.retry_failed and (previous is None or previous.status == "ok"):
+                continue  # --retry-failed: only cells whose record says failed
             todo[name] = (run_id, spec)
         if not todo:
             return done
@@ -201,7 +243,7 @@ class Harness:
                 memory = dict(distilled.meta.get("peak_memory_mb", {}))
             else:
                 ctx = DistillContext(ds, bb.to(self.device), cell.size, cell.seed, self.device,
-                                     self.config.cache_dir, self.progress)
+                                     self.config.cache_dir, self.progress, checkpoint_dir=self.checkpoint_dir(distill_id))
                 torch.manual_seed(cell.seed)
                 t0 = time.perf_counter()
                 with PeakMemory(self.device) as pm:
@@ -217,6 +259,7 @@ class Harness:
                                        "timings": timings, "peak_memory_mb": memory,
                                        "image_mean": list(bb.mean), "image_std": list(bb.std)})
                 distilled.save(artifact)
+                shutil.rmtree(self.checkpoint_dir(distill_id), ignore_errors=True)  # the set supersedes it
         except MMDDError:
             raise  # bad data, weights or arguments: every cell would fail alike; stop with the message
         except Exception as exc:  # a failing plugin is recorded, the grid goes on

@@ -32,6 +32,7 @@ class DistillContext:
     device: torch.device
     cache_dir: Path
     progress: ProgressFn | None = None
+    checkpoint_dir: Path | None = None  # where a long method keeps its resumable state (None: no checkpoints)
     _train_images: ImageStore | None = field(default=None, repr=False)
 
     @property

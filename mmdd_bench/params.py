@@ -68,3 +68,9 @@ def parse_set_options(items: list[str]) -> dict[str, dict[str, str]]:
             raise UsageError(f"--set {item!r}: expected SCOPE.NAME=VALUE, e.g. covmatch.rho=2 or eval.epochs=10")
         out.setdefault(scope, {})[name] = value
     return out
+
+
+def identity_dict(params) -> dict:
+    """The parameters that define a result (fields marked ``metadata={"operational": True}``, such as how
+    often to checkpoint, are left out so that changing them never invalidates finished work)."""
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params) if not f.metadata.get("operational")}

@@ -61,3 +61,14 @@ def test_pickle_in_place_of_an_artifact_is_refused_and_never_executed(tmp_path, 
     with pytest.raises(DataError, match="not a distilled-set header"):
         DistilledSet.load(tmp_path / "evil.json")
     assert not (tmp_path / "PWNED_MARKER").exists()
+
+
+def test_truncated_artifact_is_a_clear_error(tmp_path):
+    sets()[2].save(tmp_path / "art")
+    data = (tmp_path / "art.safetensors").read_bytes()
+    (tmp_path / "art.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="not a readable safetensors"):
+        DistilledSet.load(tmp_path / "art")
+    (tmp_path / "art.json").write_text('{"format": "mmdd-bench distilled set"')
+    with pytest.raises(DataError, match="invalid JSON"):
+        DistilledSet.load(tmp_path / "art")
