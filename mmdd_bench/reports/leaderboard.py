@@ -103,6 +103,7 @@ def write_leaderboards(results_dir: Path, plots: bool = True) -> list[Path]:
         written += [stem.with_suffix(".csv"), stem.with_suffix(".md")]
         if plots:
             written += recall_vs_size(part, ds, bb, proto, out_dir / f"{ds}__{bb}__{proto}__r_mean_vs_size")
-            written += metric_bars(part, int(part["size"].max()), f"{ds} / {bb} / {proto}",
-                                   out_dir / f"{ds}__{bb}__{proto}__metrics")
+            methods_per_size = part.groupby("size")["method"].nunique()
+            compared = methods_per_size[methods_per_size == methods_per_size.max()].index.max()  # most methods
+            written += metric_bars(part, int(compared), f"{ds} / {bb} / {proto}", out_dir / f"{ds}__{bb}__{proto}__metrics")
     return written

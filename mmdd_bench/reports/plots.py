@@ -30,11 +30,12 @@ def _save(fig, stem: Path) -> list[Path]:
 def recall_vs_size(board: pd.DataFrame, dataset: str, backbone: str, protocol: str, stem: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     colours: dict[str, str] = {}
-    for method, part in board.groupby("method", sort=True):
+    for (method, variant), part in board.groupby(["method", "variant"], sort=True):
         part = part.sort_values("size")
+        name = f"{method} [{variant}]" if variant else method
         line = ax.errorbar(part["size"], part["r_mean"], yerr=part["r_mean_std"], marker="o", capsize=3,
-                           label=f"{method} (measured)")
-        colours[method] = line[0].get_color()
+                           label=f"{name} (measured)", linestyle="-" if not variant else ":")
+        colours.setdefault(method, line[0].get_color())
     published = published_for(dataset, backbone, protocol).dropna(subset=["size"])
     for (method, source), part in published.groupby(["method", "source"], sort=True):
         part = part.sort_values("size")
@@ -50,13 +51,13 @@ def recall_vs_size(board: pd.DataFrame, dataset: str, backbone: str, protocol: s
 
 def metric_bars(board: pd.DataFrame, size: int, title: str, stem: Path) -> list[Path]:
     metrics = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"]
-    part = board[board["size"] == size].sort_values("method")
+    part = board[board["size"] == size].sort_values(["method", "variant"])
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(1, len(part))
     for k, (_, row) in enumerate(part.iterrows()):
         xs = [i + k * width for i in range(len(metrics))]
         ax.bar(xs, [row[m] for m in metrics], width, yerr=[row[f"{m}_std"] for m in metrics], capsize=2,
-               label=row["method"])
+               label=f"{row['method']} [{row['variant']}]" if row["variant"] else row["method"])
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))], metrics)
     ax.set_ylabel("recall (%)")
     ax.set_title(f"{title}, N={size}")
