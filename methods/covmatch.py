@@ -116,9 +116,7 @@ class CovMatch(Method):
 
         # Initial synthetic set: N random real pairs (distinct images), images after train augmentation.
         init_images = rng.choice(len(train.image_paths), size=ctx.size, replace=False)
-        first_pair = np.full(len(train.image_paths), -1)
-        for pair in range(train.n_pairs - 1, -1, -1):
-            first_pair[train.pair_image[pair]] = pair
+        _, first_pair = np.unique(train.pair_image, return_index=True)  # each image's first caption
         init_pairs = first_pair[init_images]
         syn_images = store.normalize(augment(store.uint8(init_images))).to(dev).requires_grad_(True)
         ids, syn_mask = bb.tokenize([train.captions[i] for i in init_pairs])

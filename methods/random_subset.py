@@ -31,8 +31,8 @@ class RandomSubset(Method):
         train = ctx.dataset.train
         rng = np.random.default_rng(ctx.seed)
         images = rng.choice(len(train.image_paths), size=ctx.size, replace=False)
-        by_image: dict[int, list[int]] = {}
-        for pair, img in enumerate(train.pair_image):
-            by_image.setdefault(int(img), []).append(pair)
-        pairs = np.asarray([by_image[int(i)][rng.integers(len(by_image[int(i)]))] for i in images])
+        by_image = np.argsort(train.pair_image, kind="stable")  # pairs grouped by image, in file order
+        counts = np.bincount(train.pair_image, minlength=len(train.image_paths))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        pairs = np.asarray([by_image[starts[i] + rng.integers(counts[i])] for i in images])
         return real_pairs(ctx, pairs, self.name)

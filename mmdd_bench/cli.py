@@ -206,27 +206,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .data import load_dataset
-    from .data.images import ImageStore
-    from .distilled import DistilledSet
-    from .encoders import build_backbone
-    from .features import train_features
     from .harness import resolve_device
-    from .reports.gallery import decode_text, render_gallery
+    from .reports.gallery import render_artifact
 
-    distilled = DistilledSet.load(args.artifact)
-    captions = distilled.captions
-    if distilled.text_kind != "captions":  # decode embeddings against the real training captions
-        meta = distilled.meta
-        if not meta.get("dataset") or not meta.get("backbone"):
-            raise MMDDError(f"{args.artifact} does not name its dataset and backbone; cannot decode its text.")
-        ds = load_dataset(meta["dataset"], args.data_root, args.cache_dir)
-        bb = build_backbone(meta["backbone"], args.cache_dir)
-        store = ImageStore(ds.train.image_paths, bb.image_size, args.cache_dir, ds.train.fingerprint, bb.mean, bb.std)
-        _, text_feats = train_features(ds.train, store, bb, resolve_device(args.device), args.cache_dir)
-        captions = decode_text(distilled, ds.train, text_feats, bb)
     out = args.out or Path(args.artifact).with_suffix(".gallery.png")
-    print(render_gallery(distilled, captions, out, max_items=args.max_items))
+    print(render_artifact(args.artifact, out, args.max_items, args.data_root, args.cache_dir, resolve_device(args.device)))
     return 0
 
 
@@ -236,7 +220,10 @@ def cmd_report(args) -> int:
     for path in write_leaderboards(args.results):
         stdout.print(str(path))
     if args.html:
+        import torch
+
         from .records import read_records
+        from .reports.gallery import render_artifact
         from .reports.html import gallery_sources, write_page
 
         records = read_records(args.results)
@@ -244,8 +231,7 @@ def cmd_report(args) -> int:
         for key, rec in gallery_sources(records).items():
             out = args.results / "gallery" / f"{key[0]}__{key[1]}__{key[2]}.png"
             try:
-                cmd_show(argparse.Namespace(artifact=args.results / rec.artifact, out=out, max_items=12,
-                                            data_root=args.data_root, cache_dir=args.cache_dir, device="cpu"))
+                render_artifact(args.results / rec.artifact, out, 12, args.data_root, args.cache_dir, torch.device("cpu"))
                 galleries[key] = out
             except MMDDError as exc:
                 notes.append(f"no gallery for {' / '.join(key)}: {exc}")

@@ -74,14 +74,8 @@ def summarize(per_student: list[dict[str, float]]) -> tuple[dict[str, float], di
     return mean, std
 
 
-class TextBatches:
-    """How a student's text enters: a function from sample indices to projected text features."""
-
-    def __init__(self, fn: Callable[[DualEncoder, torch.Tensor], torch.Tensor]) -> None:
-        self.fn = fn
-
-    def __call__(self, model: DualEncoder, idx: torch.Tensor) -> torch.Tensor:
-        return self.fn(model, idx)
+# How a student's text enters: (model, sample indices) -> projected text features.
+TextBatches = Callable[[DualEncoder, torch.Tensor], torch.Tensor]
 
 
 class Protocol:

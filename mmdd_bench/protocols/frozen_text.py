@@ -33,7 +33,7 @@ class FrozenTextProtocol(Protocol):
 
     def student_text(self, distilled: DistilledSet, backbone: Backbone, device: torch.device) -> TextBatches:
         feats = sentence_features(distilled, backbone, device)
-        return TextBatches(lambda m, idx: m.text_head(feats[idx]))
+        return lambda m, idx: m.text_head(feats[idx])
 
     def test_text_features(self, model: DualEncoder, split: RetrievalSplit, backbone: Backbone,
                            device: torch.device, cache: dict) -> torch.Tensor:

@@ -23,10 +23,10 @@ class TrainableTextProtocol(Protocol):
         if distilled.text_kind == "captions":
             ids, mask = backbone.tokenize(distilled.captions)
             ids, mask = ids.to(device), mask.to(device)
-            return TextBatches(lambda m, idx: m.text_features_from_tokens(ids[idx], mask[idx])[1])
+            return lambda m, idx: m.text_features_from_tokens(ids[idx], mask[idx])[1]
         emb = distilled.text_embeddings.to(device)
         mask = distilled.attention_mask.to(device)
-        return TextBatches(lambda m, idx: m.text_features_from_embeddings(emb[idx], mask[idx])[1])
+        return lambda m, idx: m.text_features_from_embeddings(emb[idx], mask[idx])[1]
 
     def test_text_features(self, model: DualEncoder, split: RetrievalSplit, backbone: Backbone,
                            device: torch.device, cache: dict) -> torch.Tensor:

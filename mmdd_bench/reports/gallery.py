@@ -56,3 +56,26 @@ def render_gallery(distilled: DistilledSet, captions: list[str], out: Path, max_
     plt.close(fig)
     os.replace(tmp, out)
     return out
+
+
+def render_artifact(artifact: Path, out: Path, max_items: int, data_root: str | None, cache_dir: Path,
+                    device: torch.device) -> Path:
+    """Load a saved set, decode its text against the real training captions it came from, render it."""
+    from ..data import load_dataset
+    from ..data.images import ImageStore
+    from ..encoders import build_backbone
+    from ..errors import MMDDError
+    from ..features import train_features
+
+    distilled = DistilledSet.load(artifact)
+    captions = distilled.captions
+    if distilled.text_kind != "captions":
+        meta = distilled.meta
+        if not meta.get("dataset") or not meta.get("backbone"):
+            raise MMDDError(f"{artifact} does not name its dataset and backbone; cannot decode its text.")
+        ds = load_dataset(meta["dataset"], data_root, cache_dir)
+        bb = build_backbone(meta["backbone"], cache_dir)
+        store = ImageStore(ds.train.image_paths, bb.image_size, cache_dir, ds.train.fingerprint, bb.mean, bb.std)
+        _, text_feats = train_features(ds.train, store, bb, device, cache_dir)
+        captions = decode_text(distilled, ds.train, text_feats, bb)
+    return render_gallery(distilled, captions, out, max_items=max_items)
