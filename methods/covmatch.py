@@ -17,18 +17,19 @@ Published details we could not see (the official code is not public here) and wh
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from mmdd_bench.accel import accelerate_image_encoder, autocast, check_amp, image_layout
 from mmdd_bench.checkpoint import load_checkpoint, restore_rng, rng_tensors, save_checkpoint
 from mmdd_bench.data.augment import RealAugment
 from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.encoders.heads import contrastive_loss
 from mmdd_bench.method import DistillContext, Method
+from mmdd_bench.timing import IterationTimer
 
 
 def cross_covariance(h_v: torch.Tensor, h_l: torch.Tensor) -> torch.Tensor:
@@ -62,11 +63,19 @@ class CovMatchParams:
     text_trainable: bool = True
     lr_encoder: float = 0.0  # online model; 0 -> the backbone's default (paper: 0.01)
     lr_projection: float = 0.0  # 0 -> the backbone's default (paper: 0.1)
+    # Speed switches (see mmdd_bench.accel): bf16 autocast of forward passes, channels-last images,
+    # torch.compile of the image encoder. Off by default; part of a result's identity when on.
+    amp: str = dataclasses.field(default="none", metadata={"omit_default": True})
+    channels_last: bool = dataclasses.field(default=False, metadata={"omit_default": True})
+    compile: bool = dataclasses.field(default=False, metadata={"omit_default": True})
     # Operational, not part of a result's identity: iterations between checkpoints, rounded up to a
     # multiple of reset_every (0: never).
     checkpoint_every: int = dataclasses.field(default=500, metadata={"operational": True})
 
     ALIASES: ClassVar[dict[str, str]] = {"lambda": "lam"}
+
+    def validate(self) -> None:
+        check_amp(self.amp, "covmatch")
 
 
 # The embedded datasets run on CPUs: far fewer iterations than the paper's 10k/20k, and a lower text lr
@@ -149,7 +158,7 @@ class CovMatch(Method):
             restore_rng(tensors, gen, dev)
             rng.bit_generator.state = state["numpy_rng"]
             first, losses = state["iteration"], state["losses"]
-        start = time.perf_counter()
+        timer = IterationTimer(dev)
         for it in range(first, params.iterations):
             if every and ctx.checkpoint_dir is not None and it > first and it % every == 0:
                 save_checkpoint(ctx.checkpoint_dir, {
@@ -160,27 +169,32 @@ class CovMatch(Method):
             if it % params.reset_every == 0:
                 model = bb.dual_encoder(text_trainable=params.text_trainable, image_head=True,
                                         seed=ctx.seed * 100_003 + it, device=dev)
+                model.image_encoder = accelerate_image_encoder(model.image_encoder, params.channels_last, params.compile)
                 opt_model = torch.optim.SGD(
                     [{"params": model.encoder_parameters(), "lr": lrs[0]},
                      {"params": model.head_parameters(), "lr": lrs[1]}], momentum=0.9, weight_decay=5e-4)
             pairs = rng.choice(train.n_pairs, size=min(params.real_batch, train.n_pairs), replace=False)
-            real_imgs = store.normalize(augment(store.uint8(train.pair_image[pairs]))).to(dev)
+            real_imgs = image_layout(store.normalize(augment(store.uint8(train.pair_image[pairs]))).to(dev),
+                                     params.channels_last)
             mask = all_mask[pairs]
             length = int(mask.sum(1).max())
             real_ids, real_mask = all_ids[pairs, :length].to(dev), mask[:, :length].to(dev)
 
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast(dev, params.amp):
                 h_v_r, g_v_r = model.image_features(real_imgs)
                 h_l_r, g_l_r = model.text_features_from_tokens(real_ids, real_mask)
             idx = torch.randperm(ctx.size, generator=gen)[:syn_batch].to(dev) if syn_batch < ctx.size else slice(None)
-            h_v_s, g_v_s = model.image_features(syn_images[idx])
-            if params.text_trainable:
-                h_l_s, g_l_s = model.text_features_from_embeddings(syn_text[idx], syn_mask[idx])
-            else:
-                h_l_s = syn_text[idx]
-                g_l_s = model.text_head(h_l_s)
-            loss = covmatch_loss((h_v_r, h_l_r, g_v_r, g_l_r), (h_v_s, h_l_s, g_v_s, g_l_s), params.rho, params.lam)
+            with autocast(dev, params.amp):
+                h_v_s, g_v_s = model.image_features(image_layout(syn_images[idx], params.channels_last))
+                if params.text_trainable:
+                    h_l_s, g_l_s = model.text_features_from_embeddings(syn_text[idx], syn_mask[idx])
+                else:
+                    h_l_s = syn_text[idx]
+                    g_l_s = model.text_head(h_l_s)
+            real = tuple(t.float() for t in (h_v_r, h_l_r, g_v_r, g_l_r))  # the loss in float32
+            syn = tuple(t.float() for t in (h_v_s, h_l_s, g_v_s, g_l_s))
+            loss = covmatch_loss(real, syn, params.rho, params.lam)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"covmatch loss became {loss.item()} at iteration {it}; lower covmatch.lr_images / covmatch.lr_text")
             opt_syn.zero_grad(set_to_none=True)
@@ -193,22 +207,21 @@ class CovMatch(Method):
                 model.train()
                 if not params.text_trainable:
                     model.text_encoder.eval()
-                _, g_v = model.image_features(real_imgs)
-                _, g_l = model.text_features_from_tokens(real_ids, real_mask)
+                with autocast(dev, params.amp):
+                    _, g_v = model.image_features(real_imgs)
+                    _, g_l = model.text_features_from_tokens(real_ids, real_mask)
                 opt_model.zero_grad(set_to_none=True)
-                contrastive_loss(g_v, g_l).backward()
+                contrastive_loss(g_v.float(), g_l.float()).backward()
                 opt_model.step()
+            timer.tick()
             if (it + 1) % 10 == 0 or it + 1 == params.iterations:
                 ctx.report(f"covmatch N={ctx.size} seed={ctx.seed}", it + 1, params.iterations)
-        elapsed = time.perf_counter() - start
         text_kind = "token_embeddings" if params.text_trainable else "sentence_embeddings"
         return DistilledSet(
             images=syn_images.detach().cpu(), text_kind=text_kind, text_embeddings=syn_text.detach().cpu(),
             attention_mask=syn_mask.cpu() if params.text_trainable else None, encoder_id=bb.text_encoder_id,
             extras={"source_pairs": torch.as_tensor(init_pairs, dtype=torch.long)},
-            meta={"timings": {"iterations": params.iterations,
-                              "s_per_iteration": round(elapsed / max(1, params.iterations - first), 4),
-                              "resumed_from_iteration": first},
+            meta={"timings": {"iterations": params.iterations, **timer.summary(), "resumed_from_iteration": first},
                   "loss_at_resets": losses},
         )
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import MMDDError
+from .errors import MMDDError, UsageError
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -30,6 +30,9 @@ def _csv(kind: type = str):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}") from None
     return parse
+
+
+CACHE_KINDS = ["datasets", "images", "weights", "features", "trajectories", "open_clip"]
 
 
 def default_cache_dir() -> Path:
@@ -61,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a parameter: METHOD.NAME=VALUE or eval.NAME=VALUE (repeatable)")
     run.add_argument("--force", action="store_true", help="redo cells that already have a record")
     run.add_argument("--retry-failed", action="store_true", help="rerun only the cells whose record says failed")
+    run.add_argument("--debug", action="store_true",
+                     help="smoke run (3 iterations, 1 expert, 1 student x 2 epochs): recorded as debug, never in a leaderboard")
     run.add_argument("--executor", choices=["local", "ray"], default="local",
                      help="local: cells in this process (torchrun/SLURM ranks shard them); ray: one Ray task per cell")
     run.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
@@ -96,8 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     cache = sub.add_parser("cache", help="show (du) or free (clear) what the cache holds")
     cache.add_argument("action", choices=["du", "clear"])
     cache.add_argument("what", nargs="?", default="all",
-                       choices=["all", "datasets", "images", "weights", "features", "open_clip"])
+                       choices=["all", *CACHE_KINDS])
     cache.add_argument("--cache-dir", type=Path, default=None)
+
+    exp = sub.add_parser("experts", help="train (or extend) MTT-VL expert trajectories ahead of a run")
+    exp.add_argument("--dataset", default="shapes")
+    exp.add_argument("--backbone", default=None, help="default: the dataset's")
+    exp.add_argument("--num-experts", type=int, default=None, help="default: mtt-vl's (20; 5 on embedded data)")
+    exp.add_argument("--epochs", type=int, default=None,
+                     help="epochs per expert (default: the epochs mtt-vl's defaults read; the paper trained 10)")
+    exp.add_argument("--set", dest="overrides", action="append", default=[], metavar="mtt-vl.NAME=VALUE",
+                     help="expert settings as mtt-vl parameters: expert_lr, expert_batch, expert_dtype, expert_seed, ...")
+    exp.add_argument("--data-root", default=None)
+    exp.add_argument("--cache-dir", type=Path, default=None)
+    exp.add_argument("--device", default="auto")
+    exp.add_argument("--quiet", action="store_true")
 
     data = sub.add_parser("data", help="prepare (embedded) or check (Flickr30K/COCO) a dataset")
     data.add_argument("dataset")
@@ -133,7 +151,7 @@ def _summary_table(records) -> Table:
     for r in records:
         m = r.metrics.get("mean", {})
         i2t, t2i, mean = (f"{m[k]:.2f}" if k in m else "-" for k in ("i2t_R@1", "t2i_R@1", "r_mean"))
-        table.add_row(r.dataset, r.method, str(r.size), str(r.seed), r.protocol, r.status, i2t, t2i, mean,
+        table.add_row(r.dataset, r.method, str(r.size), str(r.seed), r.protocol, r.status + (" (debug)" if r.debug else ""), i2t, t2i, mean,
                       str(r.timings.get("distill_s", "-")))
     return table
 
@@ -149,7 +167,7 @@ def cmd_run(args) -> int:
                        results_dir=args.results, cache_dir=args.cache_dir, backbone=args.backbone,
                        protocols=args.protocol, data_root=args.data_root, device=args.device,
                        overrides=parse_set_options(args.overrides), force=args.force,
-                       retry_failed=args.retry_failed)
+                       retry_failed=args.retry_failed, debug=args.debug)
     log = (lambda s: None) if args.quiet else (lambda s: stderr.print(s, highlight=False))
     if args.executor == "ray":
         from .executors import run_with_ray
@@ -272,7 +290,7 @@ def cmd_list(args) -> int:
 def cmd_cache(args) -> int:
     import shutil
 
-    kinds = ["datasets", "images", "weights", "features", "open_clip"] if args.what == "all" else [args.what]
+    kinds = CACHE_KINDS if args.what == "all" else [args.what]
     table = Table(title=f"cache {args.cache_dir}")
     table.add_column("what")
     table.add_column("files", justify="right")
@@ -289,6 +307,41 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_experts(args) -> int:
+    """Experts are what ``mtt-vl`` reads; building them here uses the very settings a run would, so a
+    later ``mmdd-bench run --methods mtt-vl`` with the same ``--set`` finds them in the cache."""
+    from .data import load_dataset
+    from .encoders import build_backbone
+    from .harness import resolve_device
+    from .method import get_method
+    from .params import apply_overrides, parse_set_options
+
+    overrides = parse_set_options(args.overrides)
+    if set(overrides) - {"mtt-vl"}:
+        raise UsageError(f"mmdd-bench experts takes --set mtt-vl.NAME=VALUE only, got scopes {sorted(overrides)}")
+    method = get_method("mtt-vl")
+    ds = load_dataset(args.dataset, args.data_root, args.cache_dir)
+    params = apply_overrides(method.default_params(100, ds.name), overrides.get("mtt-vl", {}), scope="mtt-vl")
+    num = args.num_experts or params.num_experts
+    epochs = args.epochs or params.expert_train_epochs
+    device = resolve_device(args.device)
+    backbone = build_backbone(args.backbone or ds.default_backbone, args.cache_dir).to(device)
+    from .data.images import ImageStore
+    from .experts import ExpertStore
+
+    store = ExpertStore(args.cache_dir, ds, backbone, params.expert_settings())
+    images = ImageStore(ds.train.image_paths, backbone.image_size, args.cache_dir, ds.train.fingerprint,
+                        backbone.mean, backbone.std)
+    log = (lambda s: None) if args.quiet else (lambda s: stderr.print(s, highlight=False))
+    with _progress(args.quiet) as progress:
+        summary = store.ensure(num, epochs, ds, backbone, images, device, _ProgressReporter(progress), log)
+    per_expert = summary["bytes_per_expert"] / 2**20
+    log(f"{num} experts x {epochs} epochs in {store.root}: {per_expert:.1f} MiB per expert "
+        f"({summary['storage_dtype']}), {summary['bytes_total'] / 2**20:.1f} MiB in all; trained here in {summary['train_s']:.0f} s")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def cmd_data(args) -> int:
     from .data import load_dataset
 
@@ -300,7 +353,8 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "eval": cmd_eval, "show": cmd_show, "cache": cmd_cache, "report": cmd_report, "list": cmd_list, "data": cmd_data}
+COMMANDS = {"run": cmd_run, "eval": cmd_eval, "show": cmd_show, "cache": cmd_cache, "report": cmd_report, "list": cmd_list, "data": cmd_data,
+            "experts": cmd_experts}
 
 
 def main(argv: list[str] | None = None) -> int:

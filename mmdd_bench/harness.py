@@ -57,6 +57,17 @@ class RunConfig:
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)
     force: bool = False
     retry_failed: bool = False  # run only cells whose last record failed
+    debug: bool = False  # smoke run under DEBUG_LIMITS: recorded, but never in a leaderboard
+
+
+# A debugging run: a few iterations, one expert, one short student. Applied to whichever of these fields a
+# method's (or the protocol's) parameters have; the records say ``debug`` and leaderboards leave them out.
+DEBUG_LIMITS = {"iterations": 3, "num_experts": 1, "epochs": 2, "n_students": 1}
+
+
+def apply_debug_limits(params):
+    limited = {name: min(getattr(params, name), cap) for name, cap in DEBUG_LIMITS.items() if hasattr(params, name)}
+    return dataclasses.replace(params, **limited)
 
 
 def shard_from_environment() -> tuple[int, int]:
@@ -119,12 +130,14 @@ class Harness:
         return self._backbones[name]
 
     def method_params(self, method: Method, size: int, dataset: str):
-        return apply_overrides(method.default_params(size, dataset), self.config.overrides.get(method.name, {}),
-                               scope=method.name)
+        params = apply_overrides(method.default_params(size, dataset), self.config.overrides.get(method.name, {}),
+                                 scope=method.name)
+        return apply_debug_limits(params) if self.config.debug else params
 
     def eval_params(self, protocol, dataset: str):
-        return apply_overrides(protocol.default_params(dataset), self.config.overrides.get(EVAL_SCOPE, {}),
-                               scope=EVAL_SCOPE)
+        params = apply_overrides(protocol.default_params(dataset), self.config.overrides.get(EVAL_SCOPE, {}),
+                                 scope=EVAL_SCOPE)
+        return apply_debug_limits(params) if self.config.debug else params
 
     def variant(self, scope: str, params) -> str:
         """The overridden parameters with their typed values: rows of different variants never merge."""
@@ -161,6 +174,8 @@ class Harness:
             "method_params": identity_dict(self.method_params(method, cell.size, cell.dataset)),
             "size": cell.size, "seed": cell.seed, "backbone": bb.name, "backbone_weights": bb.weights_id,
         }
+        if self.config.debug:  # never the same identity as a full run
+            distill_spec["debug"] = True
         run_specs = {}
         for name in cell.protocols:
             protocol = get_protocol(name)
@@ -292,7 +307,7 @@ class Harness:
                 timings={**timings, "eval_s": round(result.seconds, 3)},
                 peak_memory_mb={**memory, **{f"eval_{k}": v for k, v in pm.result().items()}},
                 device=str(self.device), artifact=str(artifact.relative_to(self.config.results_dir)),
-                versions=versions(), started_utc=started, finished_utc=utc_now(),
+                versions=versions(), started_utc=started, finished_utc=utc_now(), debug=self.config.debug,
             )
             rec.save(self.config.results_dir)
             done.append(rec)
@@ -309,7 +324,7 @@ class Harness:
             seed=cell.seed, backbone=bb.name, backbone_weights=bb.weights_id, protocol=spec["protocol"],
             protocol_version=spec["protocol_version"], protocol_params=spec["protocol_params"],
             device=str(self.device), versions=versions(), started_utc=started, finished_utc=utc_now(),
-            error=f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc)[-6:])}",
+            debug=self.config.debug, error=f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc)[-6:])}",
         )
         rec.save(self.config.results_dir)
         return rec

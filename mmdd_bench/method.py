@@ -79,6 +79,7 @@ for _name, _ref in {
     "random": "mmdd_bench.methods.random_subset:RandomSubset",
     "herding": "mmdd_bench.methods.herding:Herding",
     "covmatch": "mmdd_bench.methods.covmatch:CovMatch",
+    "mtt-vl": "mmdd_bench.methods.mtt_vl:MTTVL",
 }.items():
     METHODS.add_lazy(_name, _ref)
 

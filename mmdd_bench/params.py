@@ -71,6 +71,14 @@ def parse_set_options(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def identity_dict(params) -> dict:
-    """The parameters that define a result (fields marked ``metadata={"operational": True}``, such as how
-    often to checkpoint, are left out so that changing them never invalidates finished work)."""
-    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params) if not f.metadata.get("operational")}
+    """The parameters that define a result. Fields marked ``metadata={"operational": True}`` (how often to
+    checkpoint) are left out, so changing them never invalidates finished work; fields marked
+    ``{"omit_default": True}`` (speed switches added later) count only when set, so results made before
+    they existed keep their identity."""
+    out = {}
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if f.metadata.get("operational") or (f.metadata.get("omit_default") and value == f.default):
+            continue
+        out[f.name] = value
+    return out

@@ -96,6 +96,7 @@ class RunRecord:
     started_utc: str = ""
     finished_utc: str = ""
     error: str | None = None
+    debug: bool = False  # ran under the harness's debugging limits: kept out of leaderboards
     schema_version: int = SCHEMA_VERSION
 
     def save(self, results_dir: Path) -> Path:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the committed results/ on the embedded shapes dataset (CPU, about 70 minutes on 2 cores).
+# Regenerates the committed results/ on the embedded shapes dataset (CPU, about 2 hours on 2 cores).
 # Every command resumes: rerunning skips finished cells.
 set -euo pipefail
 export HF_HUB_OFFLINE=1
@@ -14,4 +14,8 @@ mmdd-bench run --results "$R" --methods random --sizes 200,250,500 --seeds $SEED
 mmdd-bench run --results "$R" --methods covmatch --sizes 100 --seeds $SEEDS --set covmatch.text_trainable=false
 mmdd-bench run --results "$R" --methods covmatch --sizes 100 --seeds $SEEDS --set covmatch.lambda=0
 mmdd-bench run --results "$R" --methods covmatch --sizes 100 --seeds $SEEDS --set covmatch.online_update=false
+# MTT-VL (frozen-text, its own protocol; the same 5 experts serve every seed and size), scored with its
+# learned step sizes and, as a second row, with the protocol's learning rates.
+mmdd-bench run --results "$R" --methods mtt-vl --sizes 50,100 --seeds $SEEDS
+mmdd-bench run --results "$R" --methods mtt-vl --sizes 50,100 --seeds $SEEDS --set eval.use_learned_lrs=false
 mmdd-bench report --results "$R" --html

@@ -160,3 +160,34 @@ def test_show_renders_a_gallery_with_decoded_captions(run, tmp_path, cache_dir, 
     _, text_feats = train_features(mini.train, store, tiny, torch.device("cpu"), cache_dir)
     caps = decode_text(d, mini.train, text_feats, tiny)
     assert len(caps) == 4 and all(c.startswith("~ ") and c[2:] in mini.train.captions for c in caps)
+
+
+def test_debug_runs_are_recorded_but_never_enter_a_leaderboard(cache_dir, tmp_path, capsys):
+    res = tmp_path / "res"
+    base = ["run", "--cache-dir", str(cache_dir), "--results", str(res), "--datasets", "shapes-mini", "--quiet",
+            "--sizes", "5"]
+    assert main([*base, "--methods", "random,mtt-vl", "--debug", "--json"]) == 0
+    recs = {r["method"]: r for r in (json.loads(p.read_text()) for p in (res / "runs").glob("*.json"))}
+    for rec in recs.values():
+        assert rec["debug"] is True and rec["protocol_params"]["epochs"] == 2 and rec["protocol_params"]["n_students"] == 1
+    assert recs["mtt-vl"]["method_params"]["iterations"] == 3 and recs["mtt-vl"]["method_params"]["num_experts"] == 1
+    assert recs["mtt-vl"]["protocol"] == "frozen-text" and any("learned step sizes" in n for n in recs["mtt-vl"]["notes"])
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["debug"] is True
+    assert pd.read_csv(res / "leaderboard" / "leaderboard.csv").empty
+    # The full run of the same cell is another identity: the debug record never stands in for it.
+    assert main([*base, "--methods", "random", "--set", "eval.epochs=1"]) == 0
+    assert len(list((res / "runs").glob("*.json"))) == 3
+    assert len(pd.read_csv(res / "leaderboard" / "leaderboard.csv")) == 1
+
+
+def test_experts_command_trains_then_reuses(cache_dir, tmp_path, capsys):
+    args = ["experts", "--dataset", "shapes-mini", "--cache-dir", str(cache_dir), "--num-experts", "1", "--epochs", "1",
+            "--set", "mtt-vl.expert_seed=11", "--set", "mtt-vl.expert_dtype=bfloat16", "--quiet"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["epochs"] == [1] and first["storage_dtype"] == "bfloat16" and first["bytes_per_expert"] > 0
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["train_s"] == 0.0 and again["path"] == first["path"]
+    assert main([*args, "--set", "eval.epochs=1"]) == 2  # only mtt-vl.* settings make sense here
+    assert main([*args[:-1], "--set", "mtt-vl.expert_momentum=0.9"]) == 2  # unknown name: clear error

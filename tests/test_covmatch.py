@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from mmdd_bench.errors import UsageError
 from mmdd_bench.method import DistillContext, get_method
 from mmdd_bench.methods.covmatch import CovMatchParams, covmatch_loss, cross_covariance
 from mmdd_bench.params import apply_overrides
@@ -90,6 +91,27 @@ def test_distill_is_deterministic_and_moves_the_data(tiny, mini, cache_dir):
     assert not torch.equal(a.images, s.images) and not torch.equal(a.text_embeddings, s.text_embeddings)
     assert a.text_kind == "token_embeddings" and a.encoder_id == tiny.text_encoder_id
     assert a.meta["timings"]["s_per_iteration"] > 0
+
+
+def test_speed_switches_run_and_count_in_identity_only_when_on(tiny, mini, cache_dir):
+    from mmdd_bench.params import identity_dict
+
+    m = get_method("covmatch")
+    base = apply_overrides(m.default_params(8, "shapes-mini"), {"iterations": 2, "reset_every": 2})
+    fast = apply_overrides(base, {"amp": "bf16", "channels_last": "true"})
+    assert "amp" not in identity_dict(base) and "channels_last" not in identity_dict(base)  # old ids unchanged
+    assert identity_dict(fast)["amp"] == "bf16" and identity_dict(fast)["channels_last"] is True
+
+    def run(params):
+        return m.distill(DistillContext(mini, tiny, 8, 3, torch.device("cpu"), cache_dir), params)
+
+    plain, quick = run(base), run(fast)
+    assert torch.isfinite(quick.images).all() and torch.isfinite(quick.text_embeddings).all()
+    assert quick.images.dtype == torch.float32  # the learned data stays float32 under autocast
+    assert not torch.equal(plain.images, quick.images)  # bf16 numerics differ ...
+    assert (plain.images - quick.images).abs().max() < 0.1  # ... but only slightly
+    with pytest.raises(UsageError, match="amp"):
+        apply_overrides(base, {"amp": "fp8"})
 
 
 def test_published_defaults_per_size():

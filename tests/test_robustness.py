@@ -156,3 +156,9 @@ def test_cache_du_and_clear(tmp_path, capsys):
     assert "features" in capsys.readouterr().out
     assert main(["cache", "clear", "features", "--cache-dir", str(tmp_path)]) == 0
     assert not (tmp_path / "features").exists()
+    (tmp_path / "trajectories" / "k" / "expert_000").mkdir(parents=True)
+    (tmp_path / "trajectories" / "k" / "expert_000" / "epoch_000.safetensors").write_bytes(b"0" * 4096)
+    assert main(["cache", "du", "trajectories", "--cache-dir", str(tmp_path)]) == 0
+    assert "trajectories" in capsys.readouterr().out
+    assert main(["cache", "clear", "trajectories", "--cache-dir", str(tmp_path)]) == 0
+    assert not (tmp_path / "trajectories").exists()

@@ -18,8 +18,8 @@ BASE = ["dataset", "backbone", "protocol", "protocol_version", "eval_variant", "
 def records_frame(records: list[RunRecord]) -> pd.DataFrame:
     rows = []
     for r in records:
-        if r.status != "ok" or not r.metrics.get("mean"):
-            continue
+        if r.status != "ok" or r.debug or not r.metrics.get("mean"):
+            continue  # failed runs and debugging runs never enter a leaderboard
         row = {"dataset": r.dataset, "backbone": r.backbone, "protocol": r.protocol,
                "protocol_version": r.protocol_version, "eval_variant": r.eval_variant, "method": r.method,
                "variant": r.variant, "size": r.size, "seed": r.seed,

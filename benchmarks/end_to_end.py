@@ -1,0 +1,257 @@
+"""Cost of a distillation iteration, CovMatch against MTT-VL at equal settings, with the data pipeline and the
+kernels beside it. Writes ``benchmarks/results/<preset>.json`` and regenerates ``BENCHMARKS.md``.
+
+    python benchmarks/end_to_end.py --preset cpu     # tiny + paper architecture at 64 px (< 15 min, 2 cores)
+    python benchmarks/end_to_end.py --preset gpu     # paper architecture at 224 px, N=100/500 (one GPU, < 8 min)
+    python benchmarks/end_to_end.py --preset smoke   # seconds: what the test suite runs
+
+Equal settings: same backbone, resolution, N and synthetic batch (all of S up to 200 pairs, else 256), real
+batch 128 for CovMatch, one expert x 2 epochs for MTT-VL (its published syn_steps 8, max_start_epoch 2).
+The ``paper`` architecture runs with random weights (no download; cost does not depend on the weights).
+Each (case, method) runs in a fresh process, so peak memory is that method's alone. The first iteration is
+warm-up and is reported apart; ``s/iter`` is the mean of the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+@dataclass
+class Case:
+    name: str
+    backbone: str  # tiny | paper (random weights)
+    image_size: int
+    dataset: str
+    size: int
+    iterations: int  # including the warm-up iteration
+
+    @property
+    def syn_batch(self) -> int:
+        return self.size if self.size <= 200 else 256
+
+
+PRESETS = {
+    "smoke": [Case("tiny-smoke", "tiny", 32, "shapes-mini", 8, 2)],
+    "cpu": [Case("tiny-N100", "tiny", 32, "shapes", 100, 6), Case("paper-64px-N50", "paper", 64, "shapes-mini", 50, 3)],
+    "gpu": [Case("paper-224px-N100", "paper", 224, "shapes", 100, 8), Case("paper-224px-N500", "paper", 224, "shapes", 500, 5)],
+}
+
+
+def _context(case: Case, cache: Path, device: torch.device):
+    from mmdd_bench.data import load_dataset
+    from mmdd_bench.encoders import build_backbone
+    from mmdd_bench.method import DistillContext
+
+    ds = load_dataset(case.dataset, None, cache)
+    pretrained = case.backbone == "tiny"
+    bb = build_backbone(case.backbone, cache, pretrained=pretrained, image_size=case.image_size).to(device)
+    return DistillContext(ds, bb, case.size, 0, device, cache)
+
+
+def _method_params(case: Case, method: str):
+    from mmdd_bench.method import get_method
+
+    m = get_method(method)
+    params = m.default_params(case.size, "flickr30k")  # the published settings, then equal batches
+    if method == "covmatch":
+        return dataclasses.replace(params, iterations=case.iterations, checkpoint_every=0, lr_images=1.0,
+                                   lr_text=0.1, syn_batch=case.syn_batch)
+    return dataclasses.replace(params, iterations=case.iterations, checkpoint_every=0, num_experts=1,
+                               mini_batch=case.syn_batch, lr_images=10.0, lr_text=0.3, lr_lr=0.001)
+
+
+def run_one(case: Case, method: str, cache: Path, device: torch.device) -> dict:
+    """One method on one case, in this process: per-iteration time and peak memory of the distillation."""
+    from mmdd_bench.memory import PeakMemory
+    from mmdd_bench.method import get_method
+
+    ctx = _context(case, cache, device)
+    params = _method_params(case, method)
+    m = get_method(method)
+    out: dict = {}
+    if method == "mtt-vl":  # experts first, outside the measured block (their cost is reported apart)
+        t0 = time.perf_counter()
+        _, summary = m.experts(ctx, params)
+        out["experts"] = {**summary, "wall_s": round(time.perf_counter() - t0, 2)}
+        from mmdd_bench.features import train_features
+
+        train_features(ctx.dataset.train, ctx.train_images, ctx.backbone, device, cache)
+    else:
+        ctx.train_images  # noqa: B018 - build the image cache outside the measured block
+    with PeakMemory(device) as pm:
+        distilled = m.distill(ctx, params)
+    out.update(distilled.meta["timings"])
+    out["peak_memory_mb"] = pm.result()
+    return out
+
+
+def data_pipeline(case: Case, cache: Path, s_per_iteration: float) -> dict:
+    """Real images per second from the uint8 cache (normalised, batched) with and without the paper's
+    augmentation, against what CovMatch consumes (128 real images per iteration)."""
+    from mmdd_bench.data.augment import paper_augment
+
+    ctx = _context(case, cache, torch.device("cpu"))
+    store, rng = ctx.train_images, np.random.default_rng(0)
+    augment = paper_augment(case.image_size)
+
+    def rate(fn, rounds: int = 3) -> float:
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            fn(rng.choice(len(store), 128, replace=False))
+        return round(128 * rounds / (time.perf_counter() - t0), 1)
+
+    plain = rate(store.batch)
+    augmented = rate(lambda idx: store.normalize(torch.stack([augment(img) for img in store.uint8(idx)])))
+    consumed = round(128 / s_per_iteration, 1) if s_per_iteration else None
+    return {"images_per_s_cached": plain, "images_per_s_cached_paper_augment": augmented,
+            "images_per_s_consumed_by_covmatch": consumed,
+            "data_share_of_covmatch_iteration": round(128 / plain / s_per_iteration, 4) if s_per_iteration else None,
+            "data_share_with_paper_augment": round(128 / augmented / s_per_iteration, 4) if s_per_iteration else None}
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        info["git_sha"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                         text=True, timeout=5).stdout.strip() or None
+    except OSError:
+        info["git_sha"] = None
+    return info
+
+
+def run_kernels(out: Path) -> dict | None:
+    cmd = [sys.executable, "-m", "pytest", str(HERE / "test_kernels.py"), "-q", "-p", "no:cacheprovider",
+           f"--benchmark-json={out}"]
+    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+        raise SystemExit("kernel benchmarks failed (is pytest-benchmark installed? pip install -e '.[bench]')")
+    data = json.loads(out.read_text())
+    return {b["name"]: {"mean_s": round(b["stats"]["mean"], 5), "min_s": round(b["stats"]["min"], 5),
+                        "rounds": b["stats"]["rounds"]} for b in data["benchmarks"]}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def run_preset(preset: str, cache: Path, device: str, kernels: bool) -> dict:
+    report = {"preset": preset, "machine": machine(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cases": {}}
+    for case in PRESETS[preset]:
+        row: dict = {"case": dataclasses.asdict(case)}
+        for method in ("covmatch", "mtt-vl"):
+            cmd = [sys.executable, __file__, "--one", json.dumps(dataclasses.asdict(case)), method,
+                   "--cache-dir", str(cache), "--device", device]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{case.name} / {method} failed:\n{proc.stderr[-3000:]}")
+            row[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{case.name:18s} {method:8s} {row[method]['s_per_iteration_steady']:.3f} s/iter  "
+                  f"peak {row[method]['peak_memory_mb']}", file=sys.stderr)
+        cov, mtt = row["covmatch"], row["mtt-vl"]
+        mem_key = "cuda_peak" if "cuda_peak" in cov["peak_memory_mb"] else "rss_growth"
+        row["ratios"] = {"time_mtt_over_covmatch": ratio(mtt["s_per_iteration_steady"], cov["s_per_iteration_steady"]),
+                         f"memory_mtt_over_covmatch ({mem_key})": ratio(mtt["peak_memory_mb"][mem_key],
+                                                                        cov["peak_memory_mb"][mem_key])}
+        row["data_pipeline"] = data_pipeline(case, cache, cov["s_per_iteration_steady"])
+        report["cases"][case.name] = row
+    if kernels:
+        report["kernels"] = run_kernels(HERE / "results" / f"kernels-{preset}.json")
+    return report
+
+
+def _fmt(v) -> str:
+    return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def write_markdown(results: Path, out: Path) -> None:
+    """BENCHMARKS.md from every ``benchmarks/results/<preset>.json`` (smoke runs excluded)."""
+    lines = ["# Benchmarks", "", "Regenerated by `python benchmarks/end_to_end.py --preset PRESET` from "
+             "`benchmarks/results/*.json`; every table names the machine and command that produced it.", ""]
+    for path in sorted(results.glob("*.json")):
+        if path.name.startswith("kernels") or path.stem == "smoke":
+            continue
+        rep = json.loads(path.read_text())
+        m = rep["machine"]
+        lines += [f"## Preset `{rep['preset']}`", "",
+                  f"- machine: {m['platform']}, {m['cpus']} CPUs ({m['torch_threads']} torch threads), "
+                  f"GPU: {m['cuda'] or 'none'}", f"- torch {m['torch']}, Python {m['python']}, git {m['git_sha']}",
+                  f"- command: `{rep['command']}` (started {rep['started']})", "",
+                  "| case | method | s/iter (steady) | first iter s | peak memory MiB | experts: MiB per expert, train s |",
+                  "|---|---|---|---|---|---|"]
+        for name, row in rep["cases"].items():
+            for method in ("covmatch", "mtt-vl"):
+                r = row[method]
+                exp = r.get("experts")
+                exp_txt = f"{exp['bytes_per_expert'] / 2**20:.1f}, {exp['train_s']:.0f}" if exp else ""
+                lines.append(f"| {name} | {method} | {r['s_per_iteration_steady']:.3f} | {r['s_first_iteration']:.3f} | "
+                             f"{r['peak_memory_mb']} | {exp_txt} |")
+        lines += ["", "| case | MTT-VL / CovMatch time | MTT-VL / CovMatch memory | real img/s (cache) | "
+                  "img/s with paper aug | img/s CovMatch consumes | data share of a CovMatch iteration (plain / paper aug) |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, row in rep["cases"].items():
+            (t_key, t), (m_key, mem) = row["ratios"].items()
+            d = row["data_pipeline"]
+            lines.append(f"| {name} | {_fmt(t)}x | {_fmt(mem)}x ({m_key.split('(')[1].rstrip(')')}) | "
+                         f"{d['images_per_s_cached']} | {d['images_per_s_cached_paper_augment']} | "
+                         f"{d['images_per_s_consumed_by_covmatch']} | {d['data_share_of_covmatch_iteration']:.1%} / "
+                         f"{d['data_share_with_paper_augment']:.1%} |")
+        if rep.get("kernels"):
+            lines += ["", "| kernel (pytest-benchmark) | mean s | min s | rounds |", "|---|---|---|---|"]
+            for name, k in rep["kernels"].items():
+                lines.append(f"| {name} | {k['mean_s']} | {k['min_s']} | {k['rounds']} |")
+        lines.append("")
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-kernels", action="store_true", help="skip the pytest-benchmark kernels")
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--one", nargs=2, metavar=("CASE_JSON", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from mmdd_bench.cli import default_cache_dir
+    from mmdd_bench.harness import resolve_device
+
+    cache = (args.cache_dir or default_cache_dir()).expanduser()
+    if args.one:
+        case = Case(**json.loads(args.one[0]))
+        print(json.dumps(run_one(case, args.one[1], cache, resolve_device(args.device))))
+        return 0
+    report = run_preset(args.preset, cache, args.device, kernels=not args.no_kernels and args.preset != "smoke")
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"{args.preset}.json"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, out)
+    write_markdown(args.results, args.markdown)
+    print(json.dumps({name: row["ratios"] for name, row in report["cases"].items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""``mtt-vl``: trajectory matching with a frozen text encoder (Wu et al., "Vision-Language Dataset
+Distillation", TMLR 2024).
+
+Learns pixels, sentence embeddings in the frozen text encoder's space and two step sizes (image encoder,
+text projection). Each iteration samples an expert and a start epoch below ``max_start_epoch``, unrolls
+``syn_steps`` differentiable SGD steps of the student from the expert's parameters at that epoch on
+synthetic mini-batches, and minimises, per tower, ||theta_hat - theta_target||^2 / ||theta_start -
+theta_target||^2 with the target ``expert_epochs`` later. The unroll is ``torch.func.functional_call``
+over parameter dicts plus ``torch.func.grad``, so second-order gradients reach pixels, text and step sizes.
+
+Choices where the paper and its public code are silent or differ:
+- the logit scale in the unroll is the correct exp(log(1/0.07)) = 14.29; ``public_code_logit_scale=True``
+  reproduces the public code, which forgets ``.exp()`` (effective scale 2.66), for parity studies;
+- ``iterations`` defaults to 2000, the iteration of the public repository's figures (its script default
+  is 50,000); the published settings above are the README's command line;
+- experts are shared by all distillation seeds (``expert_seed`` names them), as in the paper, where one
+  set of 20 experts serves every run; the student runs in train mode (dropout on), as the experts did;
+- the synthetic set starts from N random real pairs with distinct images (as ``random``), pixels without
+  augmentation, text as the frozen encoder's features of their first captions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad
+
+from mmdd_bench.checkpoint import load_checkpoint, restore_rng, rng_tensors, save_checkpoint
+from mmdd_bench.distilled import DistilledSet
+from mmdd_bench.encoders.heads import DualEncoder, contrastive_loss
+from mmdd_bench.errors import UsageError
+from mmdd_bench.experts import ExpertSettings, ExpertStore, split_towers
+from mmdd_bench.features import train_features
+from mmdd_bench.method import DistillContext, Method
+from mmdd_bench.timing import IterationTimer
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass
+class MTTVLParams:
+    iterations: int = 2000
+    syn_steps: int = 8
+    expert_epochs: int = 1
+    max_start_epoch: int = 2
+    num_experts: int = 20
+    mini_batch: int = 100  # synthetic pairs per unrolled step (all of them when N is smaller)
+    lr_images: float = 1000.0
+    lr_text: float = 1000.0
+    lr_lr: float = 0.01
+    lr_init: float = 0.1  # initial learnable step sizes (the experts' lr)
+    momentum: float = 0.5
+    expert_lr: float = 0.1
+    expert_batch: int = 128
+    expert_dtype: str = "float32"  # float16 / bfloat16 halve trajectory storage
+    expert_seed: int = 0
+    public_code_logit_scale: bool = False
+    # Operational, not part of a result's identity: iterations between checkpoints (0: never).
+    checkpoint_every: int = dataclasses.field(default=100, metadata={"operational": True})
+
+    def validate(self) -> None:
+        if self.syn_steps < 1 or self.expert_epochs < 1 or self.max_start_epoch < 1 or self.num_experts < 1:
+            raise UsageError("mtt-vl.syn_steps, expert_epochs, max_start_epoch and num_experts must be >= 1")
+        self.expert_settings().validate()
+
+    def expert_settings(self) -> ExpertSettings:
+        return ExpertSettings(lr=self.expert_lr, batch_size=self.expert_batch, storage_dtype=self.expert_dtype,
+                              seed=self.expert_seed)
+
+    @property
+    def expert_train_epochs(self) -> int:
+        """The last epoch matching reads: start epochs are 0..max_start_epoch-1, targets expert_epochs later."""
+        return self.max_start_epoch - 1 + self.expert_epochs
+
+
+# Embedded datasets run on CPUs: 5 experts instead of 20, 200 iterations, and far lower pixel, text and
+# step-size lrs than the published 1000 / 1000 / 0.01, which destroy the tiny backbone's data within a few
+# dozen iterations (one step at lr 1000 moves its sentence embeddings by ~20x their size). Chosen on the
+# shapes *val* split (N=50, seed 0, 2 experts, one frozen-text student with the learned lrs; the initial
+# set scores 9.0 with lrs 0.1 and 14.9 with the protocol's lrs):
+#   60 iterations, lr_images / lr_text / lr_lr = 1000 / 1000 / 0.01 -> 1.3;  1000 / 1000 / 1e-4 -> 2.0
+#   100 / 1 / 1e-3 -> 11.7;  30 / 1 / 0 -> 7.6;  10 / 0.3 / 1e-3 -> 14.9;  3 / 0.1 / 1e-3 -> 15.7;
+#   10 / 0.1 / 1e-3 -> 16.0;  120 iterations, 10 / 0.3 / 1e-3 -> 18.5
+# and with the 5 default experts (the 2 above are its first two):
+#   200 iterations: 10 / 0.3 / 1e-3 -> the loss blew up near iteration 130 (learned image lr 3.4, chance on
+#   test: that set was discarded); 10 / 0.1 / 1e-4 -> 1.9;  3 / 0.1 / 1e-4 -> 7.1
+#   100 iterations: 10 / 0.3 / 1e-3 -> 15.5 (14.9 with the protocol's lrs)
+# i.e. on this toy setting longer matching degrades the data; see the README.
+EMBEDDED = {"iterations": 100, "num_experts": 5, "lr_images": 10.0, "lr_text": 0.3, "lr_lr": 0.001}
+
+
+def logit_scale(public_code: bool) -> float:
+    """``log`` of the similarity scale passed to ``contrastive_loss`` (which applies ``exp``)."""
+    correct = DualEncoder.logit_scale  # log(1/0.07): scale 14.29
+    return math.log(correct) if public_code else correct  # public code: scale log(1/0.07) = 2.66
+
+
+def student_loss(model: DualEncoder, image_params: Params, text_params: Params, images: torch.Tensor,
+                 text: torch.Tensor, scale: float) -> torch.Tensor:
+    """Contrastive loss of the frozen-text student with the given tower parameters (buffers from ``model``)."""
+    buffers = dict(model.image_encoder.named_buffers())
+    img = functional_call(model.image_encoder, (image_params, buffers), (images,))
+    txt = functional_call(model.text_head, text_params, (text,))
+    return contrastive_loss(img, txt, scale)
+
+
+def unroll(model: DualEncoder, start: Params, images: torch.Tensor, text: torch.Tensor, lr_image: torch.Tensor,
+           lr_text: torch.Tensor, batches: list[torch.Tensor], scale: float) -> Params:
+    """``len(batches)`` differentiable SGD steps from ``start``; the result depends on images, text and lrs."""
+    towers = split_towers(start)
+    image_p, text_p = towers["image_encoder"], towers["text_head"]
+    step_grad = grad(lambda ip, tp, x, t: student_loss(model, ip, tp, x, t, scale), argnums=(0, 1))
+    for idx in batches:
+        g_img, g_txt = step_grad(image_p, text_p, images[idx], text[idx])
+        image_p = {k: v - lr_image * g_img[k] for k, v in image_p.items()}
+        text_p = {k: v - lr_text * g_txt[k] for k, v in text_p.items()}
+    return {**{f"image_encoder.{k}": v for k, v in image_p.items()}, **{f"text_head.{k}": v for k, v in text_p.items()}}
+
+
+def matching_loss(student: Params, start: Params, target: Params) -> torch.Tensor:
+    """Sum over towers of ||student - target||^2 / ||start - target||^2."""
+    total = 0.0
+    for tower in ("image_encoder.", "text_head."):
+        keys = [k for k in target if k.startswith(tower)]
+        num = sum((student[k] - target[k]).pow(2).sum() for k in keys)
+        den = sum((start[k] - target[k]).pow(2).sum() for k in keys)
+        total = total + num / den
+    return total
+
+
+class MTTVL(Method):
+    name = "mtt-vl"
+    version = "1"
+    default_protocol = "frozen-text"
+    description = "trajectory matching with a frozen text encoder and learned step sizes (Wu et al., TMLR 2024)"
+    Params = MTTVLParams
+
+    def default_params(self, size: int, dataset_name: str) -> MTTVLParams:
+        from mmdd_bench.data import EMBEDDED as EMBEDDED_DATASETS
+
+        params = MTTVLParams()
+        if dataset_name in EMBEDDED_DATASETS:
+            params = dataclasses.replace(params, **EMBEDDED)
+        return params
+
+    def experts(self, ctx: DistillContext, params: MTTVLParams) -> tuple[ExpertStore, dict]:
+        store = ExpertStore(ctx.cache_dir, ctx.dataset, ctx.backbone, params.expert_settings())
+        summary = store.ensure(params.num_experts, params.expert_train_epochs, ctx.dataset, ctx.backbone,
+                               ctx.train_images, ctx.device, ctx.progress)
+        return store, summary
+
+    def distill(self, ctx: DistillContext, params: MTTVLParams) -> DistilledSet:
+        params.validate()
+        store, expert_summary = self.experts(ctx, params)
+        with torch.random.fork_rng(devices=[] if ctx.device.type == "cpu" else [ctx.device]):
+            torch.manual_seed(ctx.seed)  # dropout in the unrolled student
+            distilled = self._distill(ctx, params, store)
+        distilled.meta["experts"] = expert_summary
+        distilled.meta["notes"] = [f"logit scale in the unroll: {math.exp(logit_scale(params.public_code_logit_scale)):.2f}"]
+        return distilled
+
+    def _distill(self, ctx: DistillContext, params: MTTVLParams, store: ExpertStore) -> DistilledSet:
+        dev, train = ctx.device, ctx.dataset.train
+        rng = np.random.default_rng(ctx.seed)
+        gen = torch.Generator().manual_seed(ctx.seed)
+        init_images = rng.choice(len(train.image_paths), size=ctx.size, replace=False)
+        _, first_pair = np.unique(train.pair_image, return_index=True)
+        init_pairs = first_pair[init_images]
+        _, text_features = train_features(train, ctx.train_images, ctx.backbone, dev, ctx.cache_dir)
+        syn_images = ctx.train_images.batch(init_images).to(dev).requires_grad_(True)
+        syn_text = text_features[init_pairs].clone().to(dev).requires_grad_(True)
+        lr_image = torch.tensor(params.lr_init, device=dev).requires_grad_(True)
+        lr_text = torch.tensor(params.lr_init, device=dev).requires_grad_(True)
+        opt_images = torch.optim.SGD([syn_images], lr=params.lr_images, momentum=params.momentum)
+        opt_text = torch.optim.SGD([syn_text], lr=params.lr_text, momentum=params.momentum)
+        opt_lr = torch.optim.SGD([lr_image, lr_text], lr=params.lr_lr, momentum=params.momentum)
+        optimizers = {"images": (opt_images, [syn_images]), "text": (opt_text, [syn_text]),
+                      "lr": (opt_lr, [lr_image, lr_text])}
+
+        model = ctx.backbone.dual_encoder(text_trainable=False, image_head=False, seed=ctx.seed, device=dev)
+        model.train()
+        model.text_encoder.eval()
+        scale = logit_scale(params.public_code_logit_scale)
+        batch = min(params.mini_batch, ctx.size)
+        losses: list[float] = []
+        first = 0
+        resumed = load_checkpoint(ctx.checkpoint_dir) if params.checkpoint_every else None
+        if resumed is not None:
+            tensors, state = resumed
+            with torch.no_grad():
+                for name, t in (("syn_images", syn_images), ("syn_text", syn_text), ("lr_image", lr_image),
+                                ("lr_text", lr_text)):
+                    t.copy_(tensors[name].to(dev))
+            for group, (opt, tensors_of) in optimizers.items():
+                for i, t in enumerate(tensors_of):
+                    opt.state[t]["momentum_buffer"] = tensors[f"momentum.{group}.{i}"].to(dev)
+            restore_rng(tensors, gen, dev)
+            rng.bit_generator.state = state["numpy_rng"]
+            first, losses = state["iteration"], state["losses"]
+        timer = IterationTimer(dev)
+        for it in range(first, params.iterations):
+            if params.checkpoint_every and ctx.checkpoint_dir is not None and it > first and it % params.checkpoint_every == 0:
+                save_checkpoint(ctx.checkpoint_dir, {
+                    "syn_images": syn_images, "syn_text": syn_text, "lr_image": lr_image, "lr_text": lr_text,
+                    **{f"momentum.{g}.{i}": opt.state[t]["momentum_buffer"]
+                       for g, (opt, ts) in optimizers.items() for i, t in enumerate(ts)},
+                    **rng_tensors(gen, dev),
+                }, {"iteration": it, "losses": losses, "numpy_rng": rng.bit_generator.state})
+            expert = int(rng.integers(params.num_experts))
+            start_epoch = int(rng.integers(params.max_start_epoch))
+            start = store.snapshot(expert, start_epoch, dev)
+            target = store.snapshot(expert, start_epoch + params.expert_epochs, dev)
+            batches = [torch.randperm(ctx.size, generator=gen)[:batch].to(dev) for _ in range(params.syn_steps)]
+            student = unroll(model, start, syn_images, syn_text, lr_image, lr_text, batches, scale)
+            loss = matching_loss(student, start, target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"mtt-vl loss became {loss.item()} at iteration {it}; lower mtt-vl.lr_images / lr_text / lr_lr")
+            for opt, _ in optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=[syn_images, syn_text, lr_image, lr_text])
+            for opt, _ in optimizers.values():
+                opt.step()
+            if it % 10 == 0:
+                losses.append(round(loss.item(), 4))
+            timer.tick()
+            if (it + 1) % 5 == 0 or it + 1 == params.iterations:
+                ctx.report(f"mtt-vl N={ctx.size} seed={ctx.seed}", it + 1, params.iterations)
+        return DistilledSet(
+            images=syn_images.detach().cpu(), text_kind="sentence_embeddings", text_embeddings=syn_text.detach().cpu(),
+            encoder_id=ctx.backbone.text_encoder_id,
+            extras={"lr_image": lr_image.detach().cpu(), "lr_text": lr_text.detach().cpu(),
+                    "source_pairs": torch.as_tensor(init_pairs, dtype=torch.long)},
+            meta={"timings": {"iterations": params.iterations, **timer.summary(), "resumed_from_iteration": first},
+                  "loss_every_10": losses,
+                  "learned_lrs": {"image": lr_image.item(), "text": lr_text.item()}},
+        )
+
+
+__all__ = ["MTTVL", "MTTVLParams", "matching_loss", "student_loss", "unroll"]

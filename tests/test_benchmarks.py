@@ -1,0 +1,35 @@
+"""The cost benchmark script runs end to end (its smoke preset, on CPU) and renders BENCHMARKS.md."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_end_to_end_smoke_preset_writes_json_and_markdown(tmp_path, cache_dir):
+    results, md = tmp_path / "results", tmp_path / "BENCHMARKS.md"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "end_to_end.py"), "--preset", "smoke", "--cache-dir",
+           str(cache_dir), "--results", str(results), "--markdown", str(md), "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((results / "smoke.json").read_text())
+    row = report["cases"]["tiny-smoke"]
+    for method in ("covmatch", "mtt-vl"):
+        assert row[method]["s_per_iteration_steady"] > 0 and row[method]["iterations_timed"] == 2
+        assert row[method]["peak_memory_mb"]["rss_peak"] > 0
+    assert row["mtt-vl"]["experts"]["bytes_per_expert"] > 0
+    assert row["ratios"]["time_mtt_over_covmatch"] > 0
+    assert row["data_pipeline"]["images_per_s_cached"] > row["data_pipeline"]["images_per_s_consumed_by_covmatch"] > 0
+    assert report["machine"]["torch"] and report["command"]
+
+    # A non-smoke report renders into the Markdown tables.
+    (results / "cpu.json").write_text(json.dumps({**report, "preset": "cpu"}))
+    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import end_to_end as e; "
+                    "from pathlib import Path; e.write_markdown(Path(sys.argv[2]), Path(sys.argv[3]))",
+                    str(ROOT / "benchmarks"), str(results), str(md)], check=True, env=env)
+    text = md.read_text()
+    assert "## Preset `cpu`" in text and "| tiny-smoke | covmatch |" in text and "MTT-VL / CovMatch time" in text
