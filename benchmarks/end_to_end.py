@@ -138,6 +138,7 @@ def machine() -> dict:
 
 
 def run_kernels(out: Path) -> dict | None:
+    out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pytest", str(HERE / "test_kernels.py"), "-q", "-p", "no:cacheprovider",
            f"--benchmark-json={out}"]
     if subprocess.run(cmd, cwd=ROOT).returncode != 0:
@@ -151,7 +152,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
-def run_preset(preset: str, cache: Path, device: str, kernels: bool) -> dict:
+def run_preset(preset: str, cache: Path, device: str) -> dict:
     report = {"preset": preset, "machine": machine(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cases": {}}
     for case in PRESETS[preset]:
@@ -172,8 +173,6 @@ def run_preset(preset: str, cache: Path, device: str, kernels: bool) -> dict:
                                                                         cov["peak_memory_mb"][mem_key])}
         row["data_pipeline"] = data_pipeline(case, cache, cov["s_per_iteration_steady"])
         report["cases"][case.name] = row
-    if kernels:
-        report["kernels"] = run_kernels(HERE / "results" / f"kernels-{preset}.json")
     return report
 
 
@@ -229,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-kernels", action="store_true", help="skip the pytest-benchmark kernels")
+    parser.add_argument("--kernels-only", action="store_true", help="rerun only the kernels into an existing report")
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--one", nargs=2, metavar=("CASE_JSON", "METHOD"), help=argparse.SUPPRESS)
@@ -242,13 +242,23 @@ def main(argv: list[str] | None = None) -> int:
         case = Case(**json.loads(args.one[0]))
         print(json.dumps(run_one(case, args.one[1], cache, resolve_device(args.device))))
         return 0
-    report = run_preset(args.preset, cache, args.device, kernels=not args.no_kernels and args.preset != "smoke")
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{args.preset}.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out)
-    write_markdown(args.results, args.markdown)
+
+    def save(report: dict) -> None:  # after each stage, so a failing later stage loses nothing
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        os.replace(tmp, out)
+        write_markdown(args.results, args.markdown)
+
+    if args.kernels_only:
+        report = json.loads(out.read_text())
+    else:
+        report = run_preset(args.preset, cache, args.device)
+        save(report)
+    if not args.no_kernels and args.preset != "smoke":
+        report["kernels"] = run_kernels(args.results / f"kernels-{args.preset}.json")
+        save(report)
     print(json.dumps({name: row["ratios"] for name, row in report["cases"].items()}, indent=1))
     return 0
 

@@ -88,6 +88,23 @@ def test_decode_from_image_files_224px(benchmark, shapes_store):
     assert len(out) == 128
 
 
+def test_decode_flickr_size_jpegs_to_224px(benchmark, tmp_path):
+    """Decoding Flickr-sized photos (500 x 375 JPEGs), which the uint8 cache replaces after the first pass."""
+    from PIL import Image
+
+    from mmdd_bench.data.images import _decode
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(128):  # smooth noise compresses like a photo more than white noise does
+        small = rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(small).resize((500, 375), Image.Resampling.BICUBIC).save(path, quality=90)
+        paths.append(path)
+    out = benchmark.pedantic(lambda: [_decode(p, 224) for p in paths], rounds=3, iterations=1)
+    assert out[0].shape == (224, 224, 3)
+
+
 def test_one_student_epoch_trainable_text_tiny(benchmark):
     """One epoch of the trainable-text protocol on 100 pairs with the tiny backbone."""
     from mmdd_bench.data import load_dataset

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
 from ..errors import WeightsError
 from .backbone import Backbone, HFTokenizer
 from .text import BertTextEncoder
@@ -42,14 +44,18 @@ def build_paper(cache_dir: Path, pretrained: bool = True, image_size: int = 224)
         from .tiny import minilm_path
 
         tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
-        text_model = transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False)
+        with torch.random.fork_rng():  # the same random weights in every process ("random" is their id)
+            torch.manual_seed(0)
+            text_model = transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False)
     kwargs = {"num_classes": 0, "global_pool": "avg"}
     if pretrained and nfnet_file:
         if not Path(nfnet_file).is_file():
             raise WeightsError(f"MMDD_BENCH_NFNET_WEIGHTS={nfnet_file} is not a file.")
         kwargs["pretrained_cfg_overlay"] = {"file": nfnet_file}
     try:
-        image = timm.create_model(NFNET_NAME, pretrained=pretrained, **kwargs)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            image = timm.create_model(NFNET_NAME, pretrained=pretrained, **kwargs)
     except Exception as exc:  # timm raises hub/OS errors of several kinds when weights are absent
         raise WeightsError(
             f"cannot load pretrained {NFNET_NAME} weights locally ({exc.__class__.__name__}: {exc}). Put them "
