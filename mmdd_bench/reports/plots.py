@@ -27,14 +27,20 @@ def _save(fig, stem: Path) -> list[Path]:
     return out
 
 
+def series_name(method: str, variant: str, eval_variant: str) -> str:
+    """One label per leaderboard series: the method, its variant, and how it was evaluated if not default."""
+    name = f"{method} [{variant}]" if variant else method
+    return f"{name} (eval {eval_variant})" if eval_variant else name
+
+
 def recall_vs_size(board: pd.DataFrame, dataset: str, backbone: str, protocol: str, stem: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     colours: dict[str, str] = {}
-    for (method, variant), part in board.groupby(["method", "variant"], sort=True):
+    for (method, variant, eval_variant), part in board.groupby(["method", "variant", "eval_variant"], sort=True):
         part = part.sort_values("size")
-        name = f"{method} [{variant}]" if variant else method
+        name = series_name(method, variant, eval_variant)
         line = ax.errorbar(part["size"], part["r_mean"], yerr=part["r_mean_std"], marker="o", capsize=3,
-                           label=f"{name} (measured)", linestyle="-" if not variant else ":")
+                           label=f"{name} (measured)", linestyle=":" if variant or eval_variant else "-")
         colours.setdefault(method, line[0].get_color())
     published = published_for(dataset, backbone, protocol).dropna(subset=["size"])
     for (method, source), part in published.groupby(["method", "source"], sort=True):
@@ -51,13 +57,13 @@ def recall_vs_size(board: pd.DataFrame, dataset: str, backbone: str, protocol: s
 
 def metric_bars(board: pd.DataFrame, size: int, title: str, stem: Path) -> list[Path]:
     metrics = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"]
-    part = board[board["size"] == size].sort_values(["method", "variant"])
+    part = board[board["size"] == size].sort_values(["method", "variant", "eval_variant"])
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(1, len(part))
     for k, (_, row) in enumerate(part.iterrows()):
         xs = [i + k * width for i in range(len(metrics))]
         ax.bar(xs, [row[m] for m in metrics], width, yerr=[row[f"{m}_std"] for m in metrics], capsize=2,
-               label=f"{row['method']} [{row['variant']}]" if row["variant"] else row["method"])
+               label=series_name(row["method"], row["variant"], row["eval_variant"]))
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))], metrics)
     ax.set_ylabel("recall (%)")
     ax.set_title(f"{title}, N={size}")
