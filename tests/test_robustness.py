@@ -34,7 +34,7 @@ def metrics_by_run(results: Path) -> dict[str, dict]:
     return {r.run_id: r.metrics for r in read_records(results)}
 
 
-COVMATCH = ["--methods", "covmatch", "--sizes", "6", "--set", "covmatch.iterations=40", "--set",
+COVMATCH = ["--methods", "covmatch", "--sizes", "6", "--set", "covmatch.iterations=60", "--set",
             "covmatch.reset_every=5", "--set", "covmatch.checkpoint_every=5", "--quiet"]
 
 
@@ -42,7 +42,8 @@ def _run_until_checkpoint(args: list[str], checkpoints: Path, at_least: int) -> 
     proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        states = list(checkpoints.glob("*/state.json"))
+        # Only a finished checkpoint folder; hidden ones are a checkpoint being written or replaced.
+        states = [p for p in checkpoints.glob("*/state.json") if not p.parent.name.startswith(".")]
         try:
             if states and json.loads(states[0].read_text())["iteration"] >= at_least:
                 return proc
