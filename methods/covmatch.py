@@ -31,6 +31,8 @@ from mmdd_bench.encoders.heads import contrastive_loss
 from mmdd_bench.method import DistillContext, Method
 from mmdd_bench.timing import IterationTimer
 
+from .random_subset import initial_pairs
+
 
 def cross_covariance(h_v: torch.Tensor, h_l: torch.Tensor) -> torch.Tensor:
     """Centred cross-covariance (h_v - mean)^T (h_l - mean) / (B - 1), shape [d_v, d_l]."""
@@ -124,9 +126,7 @@ class CovMatch(Method):
         store = ctx.train_images
 
         # Initial synthetic set: N random real pairs (distinct images), images after train augmentation.
-        init_images = rng.choice(len(train.image_paths), size=ctx.size, replace=False)
-        _, first_pair = np.unique(train.pair_image, return_index=True)  # each image's first caption
-        init_pairs = first_pair[init_images]
+        init_images, init_pairs = initial_pairs(train, ctx.size, rng)
         syn_images = store.normalize(augment(store.uint8(init_images))).to(dev).requires_grad_(True)
         ids, syn_mask = bb.tokenize([train.captions[i] for i in init_pairs])
         ids, syn_mask = ids.to(dev), syn_mask.to(dev)

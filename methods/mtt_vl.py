@@ -38,6 +38,8 @@ from mmdd_bench.features import train_features
 from mmdd_bench.method import DistillContext, Method
 from mmdd_bench.timing import IterationTimer
 
+from .random_subset import initial_pairs
+
 Params = dict[str, torch.Tensor]
 
 
@@ -91,6 +93,9 @@ class MTTVLParams:
 #   100 iterations: 10 / 0.3 / 1e-3 -> 15.5 (14.9 with the protocol's lrs)
 # i.e. on this toy setting longer matching degrades the data; see the README.
 EMBEDDED = {"iterations": 100, "num_experts": 5, "lr_images": 10.0, "lr_text": 0.3, "lr_lr": 0.001}
+
+
+SNAPSHOT_CACHE_BYTES = 2 * 2**30  # keep expert snapshots in memory up to this size (on disk, as stored)
 
 
 def logit_scale(public_code: bool) -> float:
@@ -167,9 +172,7 @@ class MTTVL(Method):
         dev, train = ctx.device, ctx.dataset.train
         rng = np.random.default_rng(ctx.seed)
         gen = torch.Generator().manual_seed(ctx.seed)
-        init_images = rng.choice(len(train.image_paths), size=ctx.size, replace=False)
-        _, first_pair = np.unique(train.pair_image, return_index=True)
-        init_pairs = first_pair[init_images]
+        init_images, init_pairs = initial_pairs(train, ctx.size, rng)
         _, text_features = train_features(train, ctx.train_images, ctx.backbone, dev, ctx.cache_dir)
         syn_images = ctx.train_images.batch(init_images).to(dev).requires_grad_(True)
         syn_text = text_features[init_pairs].clone().to(dev).requires_grad_(True)
@@ -201,6 +204,17 @@ class MTTVL(Method):
             restore_rng(tensors, gen, dev)
             rng.bit_generator.state = state["numpy_rng"]
             first, losses = state["iteration"], state["losses"]
+        # Snapshots are read once and kept when the experts in use fit the budget (they are never modified).
+        loaded: dict[tuple[int, int], Params] = {}
+        keep = store.summary(params.num_experts)["bytes_total"] <= SNAPSHOT_CACHE_BYTES
+
+        def snapshot(expert: int, epoch: int) -> Params:
+            if not keep:
+                return store.snapshot(expert, epoch, dev)
+            if (expert, epoch) not in loaded:
+                loaded[(expert, epoch)] = store.snapshot(expert, epoch, dev)
+            return loaded[(expert, epoch)]
+
         timer = IterationTimer(dev)
         for it in range(first, params.iterations):
             if params.checkpoint_every and ctx.checkpoint_dir is not None and it > first and it % params.checkpoint_every == 0:
@@ -212,8 +226,8 @@ class MTTVL(Method):
                 }, {"iteration": it, "losses": losses, "numpy_rng": rng.bit_generator.state})
             expert = int(rng.integers(params.num_experts))
             start_epoch = int(rng.integers(params.max_start_epoch))
-            start = store.snapshot(expert, start_epoch, dev)
-            target = store.snapshot(expert, start_epoch + params.expert_epochs, dev)
+            start = snapshot(expert, start_epoch)
+            target = snapshot(expert, start_epoch + params.expert_epochs)
             batches = [torch.randperm(ctx.size, generator=gen)[:batch].to(dev) for _ in range(params.syn_steps)]
             student = unroll(model, start, syn_images, syn_text, lr_image, lr_text, batches, scale)
             loss = matching_loss(student, start, target)

@@ -21,6 +21,14 @@ def real_pairs(ctx: DistillContext, pair_indices: np.ndarray, method: str) -> Di
     )
 
 
+def initial_pairs(train, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Where learned synthetic sets start: ``size`` distinct random images and each one's first caption.
+    Returns (image indices, pair indices)."""
+    images = rng.choice(len(train.image_paths), size=size, replace=False)
+    _, first_pair = np.unique(train.pair_image, return_index=True)
+    return images, first_pair[images]
+
+
 class RandomSubset(Method):
     name = "random"
     version = "1"
