@@ -40,6 +40,8 @@ class Case:
     dataset: str
     size: int
     iterations: int  # including the warm-up iteration
+    # CovMatch speed switches timed against its plain run, each "name=value[,name=value]".
+    covmatch_variants: tuple[str, ...] = ()
 
     @property
     def syn_batch(self) -> int:
@@ -47,9 +49,14 @@ class Case:
 
 
 PRESETS = {
-    "smoke": [Case("tiny-smoke", "tiny", 32, "shapes-mini", 8, 2)],
-    "cpu": [Case("tiny-N100", "tiny", 32, "shapes", 100, 6), Case("paper-64px-N50", "paper", 64, "shapes-mini", 50, 3)],
-    "gpu": [Case("paper-224px-N100", "paper", 224, "shapes", 100, 8), Case("paper-224px-N500", "paper", 224, "shapes", 500, 5)],
+    "smoke": [Case("tiny-smoke", "tiny", 32, "shapes-mini", 8, 2, ("channels_last=true",))],
+    "cpu": [Case("tiny-N100", "tiny", 32, "shapes", 100, 6,
+                 ("amp=bf16", "channels_last=true", "compile=true")),
+            Case("paper-64px-N50", "paper", 64, "shapes-mini", 50, 3)],
+    "gpu": [Case("paper-224px-N100", "paper", 224, "shapes", 100, 8,
+                 ("amp=bf16", "channels_last=true", "amp=bf16,channels_last=true",
+                  "amp=bf16,channels_last=true,compile=true")),
+            Case("paper-224px-N500", "paper", 224, "shapes", 500, 5)],
 }
 
 
@@ -64,25 +71,31 @@ def _context(case: Case, cache: Path, device: torch.device):
     return DistillContext(ds, bb, case.size, 0, device, cache)
 
 
-def _method_params(case: Case, method: str):
+def parse_variant(variant: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in variant.split(",")) if variant else {}
+
+
+def _method_params(case: Case, method: str, variant: str = ""):
     from mmdd_bench.method import get_method
+    from mmdd_bench.params import apply_overrides
 
     m = get_method(method)
     params = m.default_params(case.size, "flickr30k")  # the published settings, then equal batches
     if method == "covmatch":
-        return dataclasses.replace(params, iterations=case.iterations, checkpoint_every=0, lr_images=1.0,
-                                   lr_text=0.1, syn_batch=case.syn_batch)
+        params = dataclasses.replace(params, iterations=case.iterations, checkpoint_every=0, lr_images=1.0,
+                                     lr_text=0.1, syn_batch=case.syn_batch)
+        return apply_overrides(params, parse_variant(variant), "covmatch")
     return dataclasses.replace(params, iterations=case.iterations, checkpoint_every=0, num_experts=1,
                                mini_batch=case.syn_batch, lr_images=10.0, lr_text=0.3, lr_lr=0.001)
 
 
-def run_one(case: Case, method: str, cache: Path, device: torch.device) -> dict:
+def run_one(case: Case, method: str, cache: Path, device: torch.device, variant: str = "") -> dict:
     """One method on one case, in this process: per-iteration time and peak memory of the distillation."""
     from mmdd_bench.memory import PeakMemory
     from mmdd_bench.method import get_method
 
     ctx = _context(case, cache, device)
-    params = _method_params(case, method)
+    params = _method_params(case, method, variant)
     m = get_method(method)
     out: dict = {}
     if method == "mtt-vl":  # experts first, outside the measured block (their cost is reported apart)
@@ -104,11 +117,11 @@ def run_one(case: Case, method: str, cache: Path, device: torch.device) -> dict:
 def data_pipeline(case: Case, cache: Path, s_per_iteration: float) -> dict:
     """Real images per second from the uint8 cache (normalised, batched) with and without the paper's
     augmentation, against what CovMatch consumes (128 real images per iteration)."""
-    from mmdd_bench.data.augment import paper_augment
+    from mmdd_bench.data.augment import BatchAugment
 
     ctx = _context(case, cache, torch.device("cpu"))
     store, rng = ctx.train_images, np.random.default_rng(0)
-    augment = paper_augment(case.image_size)
+    augment = BatchAugment(case.image_size)
 
     def rate(fn, rounds: int = 3) -> float:
         t0 = time.perf_counter()
@@ -117,7 +130,7 @@ def data_pipeline(case: Case, cache: Path, s_per_iteration: float) -> dict:
         return round(128 * rounds / (time.perf_counter() - t0), 1)
 
     plain = rate(store.batch)
-    augmented = rate(lambda idx: store.normalize(torch.stack([augment(img) for img in store.uint8(idx)])))
+    augmented = rate(lambda idx: store.normalize(augment(store.uint8(idx))))
     consumed = round(128 / s_per_iteration, 1) if s_per_iteration else None
     return {"images_per_s_cached": plain, "images_per_s_cached_paper_augment": augmented,
             "images_per_s_consumed_by_covmatch": consumed,
@@ -152,25 +165,50 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
+def harness_share(timings: dict) -> dict | None:
+    """What the harness adds to a CovMatch iteration: its data path (sampling, cache read, augmentation,
+    transfer, token slicing) plus the loop's bookkeeping, over the model's own work (forward, backward,
+    optimiser steps, and the online model's rebuild every 50 iterations)."""
+    parts = timings.get("s_per_iteration_steady_parts")
+    if not parts:
+        return None
+    model = parts.get("model", 0.0) + parts.get("reset", 0.0)
+    added = parts.get("data", 0.0) + parts.get("other", 0.0)
+    return {**parts, "harness_over_model": round(added / model, 4) if model else None}
+
+
+def _run_subprocess(case: Case, method: str, cache: Path, device: str, variant: str = "") -> dict:
+    cmd = [sys.executable, __file__, "--one", json.dumps(dataclasses.asdict(case)), method,
+           "--cache-dir", str(cache), "--device", device, "--variant", variant]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    label = f"{method}[{variant}]" if variant else method
+    if proc.returncode != 0:
+        raise SystemExit(f"{case.name} / {label} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"{case.name:18s} {label:40s} {result['s_per_iteration_steady']:.3f} s/iter  "
+          f"first {result['s_first_iteration']:.2f} s  peak {result['peak_memory_mb']}", file=sys.stderr)
+    return result
+
+
 def run_preset(preset: str, cache: Path, device: str) -> dict:
     report = {"preset": preset, "machine": machine(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cases": {}}
     for case in PRESETS[preset]:
         row: dict = {"case": dataclasses.asdict(case)}
         for method in ("covmatch", "mtt-vl"):
-            cmd = [sys.executable, __file__, "--one", json.dumps(dataclasses.asdict(case)), method,
-                   "--cache-dir", str(cache), "--device", device]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"{case.name} / {method} failed:\n{proc.stderr[-3000:]}")
-            row[method] = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{case.name:18s} {method:8s} {row[method]['s_per_iteration_steady']:.3f} s/iter  "
-                  f"peak {row[method]['peak_memory_mb']}", file=sys.stderr)
+            row[method] = _run_subprocess(case, method, cache, device)
         cov, mtt = row["covmatch"], row["mtt-vl"]
         mem_key = "cuda_peak" if "cuda_peak" in cov["peak_memory_mb"] else "rss_growth"
         row["ratios"] = {"time_mtt_over_covmatch": ratio(mtt["s_per_iteration_steady"], cov["s_per_iteration_steady"]),
                          f"memory_mtt_over_covmatch ({mem_key})": ratio(mtt["peak_memory_mb"][mem_key],
                                                                         cov["peak_memory_mb"][mem_key])}
+        row["harness"] = harness_share(cov)
+        row["covmatch_variants"] = {}
+        for variant in case.covmatch_variants:
+            r = _run_subprocess(case, "covmatch", cache, device, variant)
+            r["speedup_over_plain"] = ratio(cov["s_per_iteration_steady"], r["s_per_iteration_steady"])
+            r["memory_over_plain"] = ratio(r["peak_memory_mb"][mem_key], cov["peak_memory_mb"][mem_key])
+            row["covmatch_variants"][variant] = r
         row["data_pipeline"] = data_pipeline(case, cache, cov["s_per_iteration_steady"])
         report["cases"][case.name] = row
     return report
@@ -212,6 +250,29 @@ def write_markdown(results: Path, out: Path) -> None:
                          f"{d['images_per_s_cached']} | {d['images_per_s_cached_paper_augment']} | "
                          f"{d['images_per_s_consumed_by_covmatch']} | {d['data_share_of_covmatch_iteration']:.1%} / "
                          f"{d['data_share_with_paper_augment']:.1%} |")
+        harness_rows = [(name, row["harness"]) for name, row in rep["cases"].items() if row.get("harness")]
+        if harness_rows:
+            lines += ["", "What the harness adds to a CovMatch iteration (steady s per iteration; `other` is the loop's "
+                      "bookkeeping; harness / model = (data + other) / (model + reset)):", "",
+                      "| case | model s | online-model reset s | data s | other s | harness / model |",
+                      "|---|---|---|---|---|---|"]
+            for name, h in harness_rows:
+                lines.append(f"| {name} | {h.get('model', 0):.4f} | {h.get('reset', 0):.4f} | {h.get('data', 0):.4f} | "
+                             f"{h.get('other', 0):.4f} | {_fmt(h['harness_over_model'] * 100 if h['harness_over_model'] is not None else None)}% |")
+        variant_rows = [(name, v, r) for name, row in rep["cases"].items()
+                        for v, r in row.get("covmatch_variants", {}).items()]
+        if variant_rows:
+            lines += ["", "CovMatch speed switches against its plain run, same case, same machine (before = plain):", "",
+                      "| case | switches | s/iter (steady) | first iter s | speed-up over plain | peak memory MiB | memory / plain |",
+                      "|---|---|---|---|---|---|---|"]
+            for name, row in rep["cases"].items():
+                if row.get("covmatch_variants"):
+                    r = row["covmatch"]
+                    lines.append(f"| {name} | (plain) | {r['s_per_iteration_steady']:.3f} | {r['s_first_iteration']:.3f} | "
+                                 f"1.00x | {r['peak_memory_mb']} | 1.00x |")
+            for name, v, r in variant_rows:
+                lines.append(f"| {name} | `{v}` | {r['s_per_iteration_steady']:.3f} | {r['s_first_iteration']:.3f} | "
+                             f"{_fmt(r['speedup_over_plain'])}x | {r['peak_memory_mb']} | {_fmt(r['memory_over_plain'])}x |")
         if rep.get("kernels"):
             lines += ["", "| kernel (pytest-benchmark) | mean s | min s | rounds |", "|---|---|---|---|"]
             for name, k in rep["kernels"].items():
@@ -232,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--one", nargs=2, metavar=("CASE_JSON", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from mmdd_bench.cli import default_cache_dir
@@ -240,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = (args.cache_dir or default_cache_dir()).expanduser()
     if args.one:
         case = Case(**json.loads(args.one[0]))
-        print(json.dumps(run_one(case, args.one[1], cache, resolve_device(args.device))))
+        print(json.dumps(run_one(case, args.one[1], cache, resolve_device(args.device), args.variant)))
         return 0
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{args.preset}.json"

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms import InterpolationMode, v2
 
-from mmdd_bench.data.augment import paper_augment
+from mmdd_bench.data.augment import BatchAugment
 from mmdd_bench.methods.covmatch import covmatch_loss
 from mmdd_bench.metrics import retrieval_metrics
 
@@ -65,15 +66,36 @@ def test_real_batch_from_uint8_cache_224px(benchmark, shapes_store):
     assert out.shape == (128, 3, 224, 224)
 
 
-def test_real_batch_with_paper_augmentation_224px(benchmark, shapes_store):
-    """The same batch through the paper's train augmentation (per-image RandomResizedCrop, flip, RandAugment)."""
+def _per_image_torchvision(size: int) -> v2.Compose:
+    """The paper augmentation as torchvision transforms, one call per image: the 'before' of BatchAugment."""
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=InterpolationMode.BICUBIC, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandAugment(num_ops=2, magnitude=5),
+    ])
+
+
+def test_real_batch_with_paper_augmentation_per_image_224px(benchmark, shapes_store):
+    """Before: torchvision's transforms image by image (a Python loop over the batch, on the host)."""
     _, store = shapes_store
-    augment = paper_augment(224)
+    augment = _per_image_torchvision(224)
     rng = np.random.default_rng(0)
 
     def batch():
         images = store.uint8(rng.choice(len(store), 128, replace=False))
         return store.normalize(torch.stack([augment(img) for img in images]))
+
+    assert benchmark.pedantic(batch, rounds=3, iterations=1).shape == (128, 3, 224, 224)
+
+
+def test_real_batch_with_paper_augmentation_batched_224px(benchmark, shapes_store):
+    """After: mmdd_bench's BatchAugment, the same distributions drawn for the whole batch at once."""
+    _, store = shapes_store
+    augment = BatchAugment(224)
+    rng = np.random.default_rng(0)
+
+    def batch():
+        return store.normalize(augment(store.uint8(rng.choice(len(store), 128, replace=False))))
 
     assert benchmark.pedantic(batch, rounds=3, iterations=1).shape == (128, 3, 224, 224)
 

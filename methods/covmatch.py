@@ -23,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from mmdd_bench.accel import accelerate_image_encoder, autocast, check_amp, image_layout
+from mmdd_bench.accel import accelerate_image_encoder, autocast, check_amp, check_compile, image_layout
 from mmdd_bench.checkpoint import load_checkpoint, restore_rng, rng_tensors, save_checkpoint
 from mmdd_bench.data.augment import RealAugment
 from mmdd_bench.distilled import DistilledSet
@@ -120,6 +120,8 @@ class CovMatch(Method):
 
     def _distill(self, ctx: DistillContext, params: CovMatchParams) -> DistilledSet:
         bb, dev, train = ctx.backbone, ctx.device, ctx.dataset.train
+        if params.compile:
+            check_compile(dev, "covmatch")
         rng = np.random.default_rng(ctx.seed)
         gen = torch.Generator().manual_seed(ctx.seed)
         augment = RealAugment(ctx.dataset, bb.image_size)
@@ -127,7 +129,7 @@ class CovMatch(Method):
 
         # Initial synthetic set: N random real pairs (distinct images), images after train augmentation.
         init_images, init_pairs = initial_pairs(train, ctx.size, rng)
-        syn_images = store.normalize(augment(store.uint8(init_images))).to(dev).requires_grad_(True)
+        syn_images = store.normalize(augment(store.uint8(init_images).to(dev))).requires_grad_(True)
         ids, syn_mask = bb.tokenize([train.captions[i] for i in init_pairs])
         ids, syn_mask = ids.to(dev), syn_mask.to(dev)
         with torch.no_grad():
@@ -166,53 +168,55 @@ class CovMatch(Method):
                     "momentum.images": opt_syn.state[syn_images]["momentum_buffer"],
                     "momentum.text": opt_syn.state[syn_text]["momentum_buffer"], **rng_tensors(gen, dev),
                 }, {"iteration": it, "losses": losses, "numpy_rng": rng.bit_generator.state})
-            if it % params.reset_every == 0:
-                model = bb.dual_encoder(text_trainable=params.text_trainable, image_head=True,
-                                        seed=ctx.seed * 100_003 + it, device=dev)
-                model.image_encoder = accelerate_image_encoder(model.image_encoder, params.channels_last, params.compile)
-                opt_model = torch.optim.SGD(
-                    [{"params": model.encoder_parameters(), "lr": lrs[0]},
-                     {"params": model.head_parameters(), "lr": lrs[1]}], momentum=0.9, weight_decay=5e-4)
-            pairs = rng.choice(train.n_pairs, size=min(params.real_batch, train.n_pairs), replace=False)
-            real_imgs = image_layout(store.normalize(augment(store.uint8(train.pair_image[pairs]))).to(dev),
-                                     params.channels_last)
-            mask = all_mask[pairs]
-            length = int(mask.sum(1).max())
-            real_ids, real_mask = all_ids[pairs, :length].to(dev), mask[:, :length].to(dev)
-
-            model.eval()
-            with torch.no_grad(), autocast(dev, params.amp):
-                h_v_r, g_v_r = model.image_features(real_imgs)
-                h_l_r, g_l_r = model.text_features_from_tokens(real_ids, real_mask)
-            idx = torch.randperm(ctx.size, generator=gen)[:syn_batch].to(dev) if syn_batch < ctx.size else slice(None)
-            with autocast(dev, params.amp):
-                h_v_s, g_v_s = model.image_features(image_layout(syn_images[idx], params.channels_last))
-                if params.text_trainable:
-                    h_l_s, g_l_s = model.text_features_from_embeddings(syn_text[idx], syn_mask[idx])
-                else:
-                    h_l_s = syn_text[idx]
-                    g_l_s = model.text_head(h_l_s)
-            real = tuple(t.float() for t in (h_v_r, h_l_r, g_v_r, g_l_r))  # the loss in float32
-            syn = tuple(t.float() for t in (h_v_s, h_l_s, g_v_s, g_l_s))
-            loss = covmatch_loss(real, syn, params.rho, params.lam)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"covmatch loss became {loss.item()} at iteration {it}; lower covmatch.lr_images / covmatch.lr_text")
-            opt_syn.zero_grad(set_to_none=True)
-            loss.backward(inputs=[syn_images, syn_text])
-            opt_syn.step()
-            if it % params.reset_every == 0:  # at a reset the encoders are the pretrained ones: comparable
-                losses.append(round(loss.item(), 4))
-
-            if params.online_update:
-                model.train()
-                if not params.text_trainable:
-                    model.text_encoder.eval()
+            with timer.part("reset"):
+                if it % params.reset_every == 0:
+                    model = bb.dual_encoder(text_trainable=params.text_trainable, image_head=True,
+                                            seed=ctx.seed * 100_003 + it, device=dev)
+                    model.image_encoder = accelerate_image_encoder(model.image_encoder, params.channels_last, params.compile)
+                    opt_model = torch.optim.SGD(
+                        [{"params": model.encoder_parameters(), "lr": lrs[0]},
+                         {"params": model.head_parameters(), "lr": lrs[1]}], momentum=0.9, weight_decay=5e-4)
+            with timer.part("data"):
+                pairs = rng.choice(train.n_pairs, size=min(params.real_batch, train.n_pairs), replace=False)
+                real_imgs = image_layout(store.normalize(augment(store.uint8(train.pair_image[pairs]).to(dev))),
+                                         params.channels_last)
+                mask = all_mask[pairs]
+                length = int(mask.sum(1).max())
+                real_ids, real_mask = all_ids[pairs, :length].to(dev), mask[:, :length].to(dev)
+            with timer.part("model"):
+                model.eval()
+                with torch.no_grad(), autocast(dev, params.amp):
+                    h_v_r, g_v_r = model.image_features(real_imgs)
+                    h_l_r, g_l_r = model.text_features_from_tokens(real_ids, real_mask)
+                idx = torch.randperm(ctx.size, generator=gen)[:syn_batch].to(dev) if syn_batch < ctx.size else slice(None)
                 with autocast(dev, params.amp):
-                    _, g_v = model.image_features(real_imgs)
-                    _, g_l = model.text_features_from_tokens(real_ids, real_mask)
-                opt_model.zero_grad(set_to_none=True)
-                contrastive_loss(g_v.float(), g_l.float()).backward()
-                opt_model.step()
+                    h_v_s, g_v_s = model.image_features(image_layout(syn_images[idx], params.channels_last))
+                    if params.text_trainable:
+                        h_l_s, g_l_s = model.text_features_from_embeddings(syn_text[idx], syn_mask[idx])
+                    else:
+                        h_l_s = syn_text[idx]
+                        g_l_s = model.text_head(h_l_s)
+                real = tuple(t.float() for t in (h_v_r, h_l_r, g_v_r, g_l_r))  # the loss in float32
+                syn = tuple(t.float() for t in (h_v_s, h_l_s, g_v_s, g_l_s))
+                loss = covmatch_loss(real, syn, params.rho, params.lam)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"covmatch loss became {loss.item()} at iteration {it}; lower covmatch.lr_images / covmatch.lr_text")
+                opt_syn.zero_grad(set_to_none=True)
+                loss.backward(inputs=[syn_images, syn_text])
+                opt_syn.step()
+                if it % params.reset_every == 0:  # at a reset the encoders are the pretrained ones: comparable
+                    losses.append(round(loss.item(), 4))
+
+                if params.online_update:
+                    model.train()
+                    if not params.text_trainable:
+                        model.text_encoder.eval()
+                    with autocast(dev, params.amp):
+                        _, g_v = model.image_features(real_imgs)
+                        _, g_l = model.text_features_from_tokens(real_ids, real_mask)
+                    opt_model.zero_grad(set_to_none=True)
+                    contrastive_loss(g_v.float(), g_l.float()).backward()
+                    opt_model.step()
             timer.tick()
             if (it + 1) % 10 == 0 or it + 1 == params.iterations:
                 ctx.report(f"covmatch N={ctx.size} seed={ctx.seed}", it + 1, params.iterations)

@@ -226,18 +226,20 @@ class MTTVL(Method):
                 }, {"iteration": it, "losses": losses, "numpy_rng": rng.bit_generator.state})
             expert = int(rng.integers(params.num_experts))
             start_epoch = int(rng.integers(params.max_start_epoch))
-            start = snapshot(expert, start_epoch)
-            target = snapshot(expert, start_epoch + params.expert_epochs)
-            batches = [torch.randperm(ctx.size, generator=gen)[:batch].to(dev) for _ in range(params.syn_steps)]
-            student = unroll(model, start, syn_images, syn_text, lr_image, lr_text, batches, scale)
-            loss = matching_loss(student, start, target)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"mtt-vl loss became {loss.item()} at iteration {it}; lower mtt-vl.lr_images / lr_text / lr_lr")
-            for opt, _ in optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            loss.backward(inputs=[syn_images, syn_text, lr_image, lr_text])
-            for opt, _ in optimizers.values():
-                opt.step()
+            with timer.part("data"):  # expert snapshots (read once, then from memory) and mini-batches
+                start = snapshot(expert, start_epoch)
+                target = snapshot(expert, start_epoch + params.expert_epochs)
+                batches = [torch.randperm(ctx.size, generator=gen)[:batch].to(dev) for _ in range(params.syn_steps)]
+            with timer.part("model"):
+                student = unroll(model, start, syn_images, syn_text, lr_image, lr_text, batches, scale)
+                loss = matching_loss(student, start, target)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"mtt-vl loss became {loss.item()} at iteration {it}; lower mtt-vl.lr_images / lr_text / lr_lr")
+                for opt, _ in optimizers.values():
+                    opt.zero_grad(set_to_none=True)
+                loss.backward(inputs=[syn_images, syn_text, lr_image, lr_text])
+                for opt, _ in optimizers.values():
+                    opt.step()
             if it % 10 == 0:
                 losses.append(round(loss.item(), 4))
             timer.tick()

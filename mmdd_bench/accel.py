@@ -8,6 +8,7 @@ gets its own leaderboard row. They are meant for CUDA; on CPUs bf16 autocast and
 from __future__ import annotations
 
 import contextlib
+import shutil
 
 import torch
 from torch import nn
@@ -27,6 +28,13 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if amp == "none":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def check_compile(device: torch.device, where: str) -> None:
+    """``torch.compile`` on CPU generates C++: say so up front instead of failing deep inside inductor."""
+    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        raise UsageError(f"{where}.compile=true on the CPU needs a C++ compiler (g++ or clang++) on PATH; "
+                         f"install one (apt install g++) or drop {where}.compile")
 
 
 def image_layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -101,6 +101,9 @@ class ExpertStore:
         self.identity = {"train": dataset.train.fingerprint, "dataset": dataset.name,
                          "backbone": backbone.text_encoder_id, "image_size": backbone.image_size,
                          "settings": asdict(settings), "code_version": EXPERTS_CODE_VERSION}
+        augment = RealAugment(dataset, backbone.image_size).identity
+        if augment is not None:  # only when it augments, so un-augmented caches keep their keys
+            self.identity["augment"] = augment
         key = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
         self.cache_dir = Path(cache_dir)
         self.root = self.cache_dir / "trajectories" / key
@@ -199,7 +202,7 @@ class ExpertStore:
                 model.text_encoder.eval()
                 for step, idx in enumerate(torch.randperm(train.n_pairs, generator=gen).split(s.batch_size), 1):
                     idx_np = idx.numpy()
-                    real = images.normalize(augment(images.uint8(train.pair_image[idx_np]))).to(device)
+                    real = images.normalize(augment(images.uint8(train.pair_image[idx_np]).to(device)))
                     _, g_img = model.image_features(real)
                     loss = contrastive_loss(g_img, model.text_head(text[idx.to(device)]))
                     if not torch.isfinite(loss):

@@ -17,6 +17,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from .data import load_dataset
+from .data.augment import RealAugment
 from .data.splits import Dataset
 from .distilled import DistilledSet
 from .encoders import build_backbone
@@ -174,6 +175,9 @@ class Harness:
             "method_params": identity_dict(self.method_params(method, cell.size, cell.dataset)),
             "size": cell.size, "seed": cell.seed, "backbone": bb.name, "backbone_weights": bb.weights_id,
         }
+        augment = RealAugment(ds, bb.image_size).identity
+        if augment is not None:  # real-data runs: the augmentation's version is part of the result
+            distill_spec["augment"] = augment
         if self.config.debug:  # never the same identity as a full run
             distill_spec["debug"] = True
         run_specs = {}

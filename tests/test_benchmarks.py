@@ -25,6 +25,10 @@ def test_end_to_end_smoke_preset_writes_json_and_markdown(tmp_path, cache_dir):
     assert row["ratios"]["time_mtt_over_covmatch"] > 0
     assert row["data_pipeline"]["images_per_s_cached"] > row["data_pipeline"]["images_per_s_consumed_by_covmatch"] > 0
     assert report["machine"]["torch"] and report["command"]
+    harness = row["harness"]  # the loop's own parts: model work against what the harness adds
+    assert harness["model"] > 0 and harness["data"] > 0 and harness["harness_over_model"] > 0
+    variant = row["covmatch_variants"]["channels_last=true"]
+    assert variant["s_per_iteration_steady"] > 0 and variant["speedup_over_plain"] > 0
 
     # A non-smoke report renders into the Markdown tables.
     (results / "cpu.json").write_text(json.dumps({**report, "preset": "cpu"}))
@@ -33,3 +37,4 @@ def test_end_to_end_smoke_preset_writes_json_and_markdown(tmp_path, cache_dir):
                     str(ROOT / "benchmarks"), str(results), str(md)], check=True, env=env)
     text = md.read_text()
     assert "## Preset `cpu`" in text and "| tiny-smoke | covmatch |" in text and "MTT-VL / CovMatch time" in text
+    assert "| tiny-smoke | `channels_last=true` |" in text and "harness / model" in text

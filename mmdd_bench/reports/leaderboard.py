@@ -8,11 +8,21 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import METRIC_NAMES
-from ..records import RunRecord, atomic_write_text, read_records
+from ..records import RunRecord, atomic_write_text, canonical_id, read_records
 
-KEY = ["dataset", "backbone", "protocol", "protocol_version", "eval_variant", "method", "variant", "size"]
+# ``settings`` hashes the method version and every parameter that makes a result (method and protocol):
+# records made under different code defaults never merge into one row, even with the same label.
+KEY = ["dataset", "backbone", "protocol", "protocol_version", "eval_variant", "method", "variant", "settings", "size"]
 # Rows compared with random at the same size: same evaluation, random with its published defaults.
 BASE = ["dataset", "backbone", "protocol", "protocol_version", "eval_variant", "size"]
+# Evaluation overrides that cannot change how random's sets are scored (random carries no learned lrs), so
+# rows made with only these compare with random's default evaluation.
+NEUTRAL_FOR_RANDOM = {"use_learned_lrs"}
+
+
+def settings_id(record: RunRecord) -> str:
+    return canonical_id({"method_version": record.method_version, "method_params": record.method_params,
+                         "protocol_params": record.protocol_params})[:8]
 
 
 def records_frame(records: list[RunRecord]) -> pd.DataFrame:
@@ -22,7 +32,7 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
             continue  # failed runs and debugging runs never enter a leaderboard
         row = {"dataset": r.dataset, "backbone": r.backbone, "protocol": r.protocol,
                "protocol_version": r.protocol_version, "eval_variant": r.eval_variant, "method": r.method,
-               "variant": r.variant, "size": r.size, "seed": r.seed,
+               "variant": r.variant, "settings": settings_id(r), "size": r.size, "seed": r.seed,
                "storage_bytes": r.storage_bytes, "distill_s": r.timings.get("distill_s", np.nan)}
         row.update({m: r.metrics["mean"][m] for m in METRIC_NAMES})
         rows.append(row)
@@ -32,8 +42,8 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
 def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     """Per group: each metric's mean over seeds (each seed's value is already a mean over students) and
     its sample std over seeds; ``gain_vs_random`` compares ``r_mean`` with random at the same size."""
-    columns = [*KEY, "n_seeds"] + [c for m in METRIC_NAMES for c in (m, f"{m}_std")] + [
-        "gain_vs_random", "storage_bytes", "distill_s"]
+    columns = [*(c for c in KEY if c != "settings"), "n_seeds"] + [c for m in METRIC_NAMES for c in (m, f"{m}_std")] + [
+        "gain_vs_random", "storage_bytes", "distill_s", "settings"]  # settings last: earlier columns keep their place
     if frame.empty:
         return pd.DataFrame(columns=columns)
     grouped = frame.groupby(KEY, sort=True, dropna=False)
@@ -45,23 +55,54 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     out["storage_bytes"] = grouped["storage_bytes"].mean()
     out["distill_s"] = grouped["distill_s"].mean()
     out = out.reset_index()
-    is_random = (out["method"] == "random") & (out["variant"] == "")
-    random_r = out[is_random].set_index(BASE)["r_mean"]
-    keys = out[BASE].itertuples(index=False, name=None)
-    out["gain_vs_random"] = [r - random_r.get(k, np.nan) for r, k in zip(out["r_mean"], keys, strict=True)]
+    out["gain_vs_random"] = [row.r_mean - baseline for row, baseline in
+                             zip(out.itertuples(index=False), random_baselines(out), strict=True)]
     out = out.sort_values(["dataset", "backbone", "protocol", "size", "r_mean"],
                           ascending=[True, True, True, True, False]).reset_index(drop=True)
     return out[columns].round(2)
+
+
+def random_baselines(board: pd.DataFrame) -> list[float]:
+    """Random's r_mean to compare each row with: same size and evaluation, random without overrides.
+
+    No baseline (NaN) when random has no such row, or when several random rows with different settings
+    would qualify (records from different code versions): a gain against an ambiguous baseline would lie.
+    """
+    is_random = (board["method"] == "random") & (board["variant"] == "")
+    by_base = board[is_random].groupby(BASE, dropna=False)["r_mean"]
+    table = {key: (values.iloc[0] if len(values) == 1 else np.nan) for key, values in by_base}
+    position = {name: i for i, name in enumerate(board.columns)}
+    baselines = []
+    for row in board.itertuples(index=False, name=None):
+        key = tuple(row[position[c]] for c in BASE)
+        eval_variant = row[position["eval_variant"]]
+        if key not in table and eval_variant:
+            names = {item.split("=", 1)[0] for item in eval_variant.split(",")}
+            if names <= NEUTRAL_FOR_RANDOM:
+                key = tuple("" if c == "eval_variant" else row[position[c]] for c in BASE)
+        baselines.append(table.get(key, np.nan))
+    return baselines
+
+
+def label_clashes(board: pd.DataFrame) -> list[bool]:
+    """Rows whose visible label (method, variant, evaluation, size) is shared with a row of other settings."""
+    if board.empty:
+        return []
+    label = [c for c in KEY if c != "settings"]
+    return list(board.groupby(label, dropna=False)["settings"].transform("nunique") > 1)
 
 
 def to_markdown(board: pd.DataFrame) -> str:
     cols = ["method", "variant", "eval_variant", "size", "n_seeds", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10",
             "r_mean", "gain_vs_random"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in board.iterrows():
+    for (_, row), clash in zip(board.iterrows(), label_clashes(board), strict=True):
         cells = []
         for c in cols:
             v = row[c]
+            if c == "variant" and clash:  # same label, different settings: show which
+                cells.append(f"{v} [settings {row['settings']}]".strip())
+                continue
             if c in METRIC_NAMES:
                 cells.append(f"{v:.2f} ± {row[c + '_std']:.2f}")
             elif isinstance(v, float):

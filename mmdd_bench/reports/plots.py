@@ -27,18 +27,30 @@ def _save(fig, stem: Path) -> list[Path]:
     return out
 
 
-def series_name(method: str, variant: str, eval_variant: str) -> str:
-    """One label per leaderboard series: the method, its variant, and how it was evaluated if not default."""
+def series_name(method: str, variant: str, eval_variant: str, settings: str = "") -> str:
+    """One label per leaderboard series: the method, its variant, how it was evaluated if not default, and
+    its settings hash when the same label also names rows of other settings."""
     name = f"{method} [{variant}]" if variant else method
-    return f"{name} (eval {eval_variant})" if eval_variant else name
+    name = f"{name} (eval {eval_variant})" if eval_variant else name
+    return f"{name} {{{settings}}}" if settings else name
+
+
+def _with_series(board: pd.DataFrame) -> pd.DataFrame:
+    from .leaderboard import label_clashes
+
+    board = board.copy()
+    clash = label_clashes(board)
+    board["series"] = [series_name(r.method, r.variant, r.eval_variant, r.settings if c else "")
+                       for r, c in zip(board.itertuples(index=False), clash, strict=True)]
+    return board
 
 
 def recall_vs_size(board: pd.DataFrame, dataset: str, backbone: str, protocol: str, stem: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     colours: dict[str, str] = {}
-    for (method, variant, eval_variant), part in board.groupby(["method", "variant", "eval_variant"], sort=True):
+    for (method, variant, eval_variant, name), part in _with_series(board).groupby(
+            ["method", "variant", "eval_variant", "series"], sort=True):
         part = part.sort_values("size")
-        name = series_name(method, variant, eval_variant)
         line = ax.errorbar(part["size"], part["r_mean"], yerr=part["r_mean_std"], marker="o", capsize=3,
                            label=f"{name} (measured)", linestyle=":" if variant or eval_variant else "-")
         colours.setdefault(method, line[0].get_color())
@@ -57,13 +69,13 @@ def recall_vs_size(board: pd.DataFrame, dataset: str, backbone: str, protocol: s
 
 def metric_bars(board: pd.DataFrame, size: int, title: str, stem: Path) -> list[Path]:
     metrics = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"]
-    part = board[board["size"] == size].sort_values(["method", "variant", "eval_variant"])
+    part = _with_series(board[board["size"] == size]).sort_values(["method", "variant", "eval_variant", "settings"])
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(1, len(part))
     for k, (_, row) in enumerate(part.iterrows()):
         xs = [i + k * width for i in range(len(metrics))]
         ax.bar(xs, [row[m] for m in metrics], width, yerr=[row[f"{m}_std"] for m in metrics], capsize=2,
-               label=series_name(row["method"], row["variant"], row["eval_variant"]))
+               label=row["series"])
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))], metrics)
     ax.set_ylabel("recall (%)")
     ax.set_title(f"{title}, N={size}")
