@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from mmdd_bench.accel import accelerate_image_encoder, autocast, check_amp, check_compile, image_layout
-from mmdd_bench.checkpoint import load_checkpoint, restore_rng, rng_tensors, save_checkpoint
+from mmdd_bench.checkpoint import (
+    load_checkpoint,
+    momentum_tensors,
+    restore_momentum,
+    restore_rng,
+    rng_tensors,
+    save_checkpoint,
+)
 from mmdd_bench.data.augment import RealAugment
 from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.encoders.heads import contrastive_loss
@@ -140,6 +147,7 @@ class CovMatch(Method):
         syn_text.requires_grad_(True)
         opt_syn = torch.optim.SGD([{"params": [syn_images], "lr": params.lr_images},
                                    {"params": [syn_text], "lr": params.lr_text}], momentum=params.momentum_syn)
+        momentum = {"images": (opt_syn, syn_images), "text": (opt_syn, syn_text)}  # what a checkpoint keeps
 
         all_ids, all_mask = bb.tokenize(train.captions)  # tokenised once, sliced per batch
         lrs = (params.lr_encoder or bb.lr_encoder, params.lr_projection or bb.lr_projection)
@@ -155,8 +163,7 @@ class CovMatch(Method):
             with torch.no_grad():
                 syn_images.copy_(tensors["syn_images"].to(dev))
                 syn_text.copy_(tensors["syn_text"].to(dev))
-            opt_syn.state[syn_images]["momentum_buffer"] = tensors["momentum.images"].to(dev)
-            opt_syn.state[syn_text]["momentum_buffer"] = tensors["momentum.text"].to(dev)
+            restore_momentum(tensors, momentum, dev)
             restore_rng(tensors, gen, dev)
             rng.bit_generator.state = state["numpy_rng"]
             first, losses = state["iteration"], state["losses"]
@@ -165,8 +172,7 @@ class CovMatch(Method):
             if every and ctx.checkpoint_dir is not None and it > first and it % every == 0:
                 save_checkpoint(ctx.checkpoint_dir, {
                     "syn_images": syn_images, "syn_text": syn_text,
-                    "momentum.images": opt_syn.state[syn_images]["momentum_buffer"],
-                    "momentum.text": opt_syn.state[syn_text]["momentum_buffer"], **rng_tensors(gen, dev),
+                    **momentum_tensors(momentum), **rng_tensors(gen, dev),
                 }, {"iteration": it, "losses": losses, "numpy_rng": rng.bit_generator.state})
             with timer.part("reset"):
                 if it % params.reset_every == 0:

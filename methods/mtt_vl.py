@@ -29,7 +29,14 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad
 
-from mmdd_bench.checkpoint import load_checkpoint, restore_rng, rng_tensors, save_checkpoint
+from mmdd_bench.checkpoint import (
+    load_checkpoint,
+    momentum_tensors,
+    restore_momentum,
+    restore_rng,
+    rng_tensors,
+    save_checkpoint,
+)
 from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.encoders.heads import DualEncoder, contrastive_loss
 from mmdd_bench.errors import UsageError
@@ -181,8 +188,10 @@ class MTTVL(Method):
         opt_images = torch.optim.SGD([syn_images], lr=params.lr_images, momentum=params.momentum)
         opt_text = torch.optim.SGD([syn_text], lr=params.lr_text, momentum=params.momentum)
         opt_lr = torch.optim.SGD([lr_image, lr_text], lr=params.lr_lr, momentum=params.momentum)
-        optimizers = {"images": (opt_images, [syn_images]), "text": (opt_text, [syn_text]),
-                      "lr": (opt_lr, [lr_image, lr_text])}
+        optimizers = (opt_images, opt_text, opt_lr)
+        # What a checkpoint keeps (names as in earlier checkpoints, so they still resume).
+        momentum = {"images.0": (opt_images, syn_images), "text.0": (opt_text, syn_text),
+                    "lr.0": (opt_lr, lr_image), "lr.1": (opt_lr, lr_text)}
 
         model = ctx.backbone.dual_encoder(text_trainable=False, image_head=False, seed=ctx.seed, device=dev)
         model.train()
@@ -198,9 +207,7 @@ class MTTVL(Method):
                 for name, t in (("syn_images", syn_images), ("syn_text", syn_text), ("lr_image", lr_image),
                                 ("lr_text", lr_text)):
                     t.copy_(tensors[name].to(dev))
-            for group, (opt, tensors_of) in optimizers.items():
-                for i, t in enumerate(tensors_of):
-                    opt.state[t]["momentum_buffer"] = tensors[f"momentum.{group}.{i}"].to(dev)
+            restore_momentum(tensors, momentum, dev)
             restore_rng(tensors, gen, dev)
             rng.bit_generator.state = state["numpy_rng"]
             first, losses = state["iteration"], state["losses"]
@@ -220,8 +227,7 @@ class MTTVL(Method):
             if params.checkpoint_every and ctx.checkpoint_dir is not None and it > first and it % params.checkpoint_every == 0:
                 save_checkpoint(ctx.checkpoint_dir, {
                     "syn_images": syn_images, "syn_text": syn_text, "lr_image": lr_image, "lr_text": lr_text,
-                    **{f"momentum.{g}.{i}": opt.state[t]["momentum_buffer"]
-                       for g, (opt, ts) in optimizers.items() for i, t in enumerate(ts)},
+                    **momentum_tensors(momentum),
                     **rng_tensors(gen, dev),
                 }, {"iteration": it, "losses": losses, "numpy_rng": rng.bit_generator.state})
             expert = int(rng.integers(params.num_experts))
@@ -235,10 +241,10 @@ class MTTVL(Method):
                 loss = matching_loss(student, start, target)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"mtt-vl loss became {loss.item()} at iteration {it}; lower mtt-vl.lr_images / lr_text / lr_lr")
-                for opt, _ in optimizers.values():
+                for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
                 loss.backward(inputs=[syn_images, syn_text, lr_image, lr_text])
-                for opt, _ in optimizers.values():
+                for opt in optimizers:
                     opt.step()
             if it % 10 == 0:
                 losses.append(round(loss.item(), 4))

@@ -47,3 +47,14 @@ def restore_rng(tensors: dict[str, torch.Tensor], generator: torch.Generator, de
     torch.set_rng_state(tensors["rng.torch_cpu"])
     if device.type == "cuda" and "rng.torch_cuda" in tensors:
         torch.cuda.set_rng_state(tensors["rng.torch_cuda"], device)
+
+
+def momentum_tensors(buffers: dict[str, tuple[torch.optim.Optimizer, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``{"momentum.NAME": buffer}`` for each named (optimizer, parameter): what an SGD resume needs."""
+    return {f"momentum.{name}": opt.state[param]["momentum_buffer"] for name, (opt, param) in buffers.items()}
+
+
+def restore_momentum(tensors: dict[str, torch.Tensor], buffers: dict[str, tuple[torch.optim.Optimizer, torch.Tensor]],
+                     device: torch.device) -> None:
+    for name, (opt, param) in buffers.items():
+        opt.state[param]["momentum_buffer"] = tensors[f"momentum.{name}"].to(device)

@@ -37,6 +37,7 @@ import torch
 from filelock import FileLock, Timeout
 from safetensors.torch import load_file, save_file
 
+from .checkpoint import restore_rng, rng_tensors
 from .data.augment import RealAugment
 from .data.images import ImageStore
 from .data.splits import Dataset
@@ -220,9 +221,7 @@ class ExpertStore:
         folder = self.expert_dir(index)
         dtype = STORAGE_DTYPES[self.settings.storage_dtype]
         _atomic_save({k: v.detach().to("cpu", dtype) for k, v in params.items()}, folder / f"epoch_{epoch:03d}.safetensors")
-        resume = {"rng.generator": gen.get_state(), "rng.torch_cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            resume["rng.torch_cuda"] = torch.cuda.get_rng_state(device)
+        resume = rng_tensors(gen, device)
         if dtype != torch.float32:  # resuming from a rounded snapshot would not equal an uninterrupted run
             resume.update({f"param.{k}": v.detach().cpu() for k, v in params.items()})
         _atomic_save(resume, folder / "resume.safetensors")
@@ -239,10 +238,7 @@ class ExpertStore:
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(saved[k].to(device))
-        gen.set_state(resume["rng.generator"])
-        torch.set_rng_state(resume["rng.torch_cpu"])
-        if device.type == "cuda" and "rng.torch_cuda" in resume:
-            torch.cuda.set_rng_state(resume["rng.torch_cuda"], device)
+        restore_rng(resume, gen, device)
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -171,8 +171,8 @@ def resized_crop_flip(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Ten
     # Rows first on [n, H, C*W], then columns on [n, size*C, W]: two large bmm calls.
     stacked = images.permute(0, 2, 1, 3).reshape(n, height, channels * width).float()
     out = torch.bmm(rows, stacked).view(n, size * channels, width)
-    out = torch.bmm(out, cols.transpose(1, 2)).view(n, size, channels, size).permute(0, 2, 1, 3)
-    return out.round().clamp_(0, 255).to(torch.uint8).contiguous()
+    out = torch.bmm(out, cols.transpose(1, 2)).round_().clamp_(0, 255).to(torch.uint8)
+    return out.view(n, size, channels, size).permute(0, 2, 1, 3).contiguous()
 
 
 class BatchAugment:
