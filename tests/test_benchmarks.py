@@ -22,6 +22,7 @@ def test_end_to_end_smoke_preset_writes_json_and_markdown(tmp_path, cache_dir):
         assert row[method]["s_per_iteration_steady"] > 0 and row[method]["iterations_timed"] == 2
         assert row[method]["peak_memory_mb"]["rss_peak"] > 0
     assert row["mtt-vl"]["experts"]["bytes_per_expert"] > 0
+    assert row["mtt-vl"]["experts"]["train_s"] > 0  # trained afresh, never read from an earlier cache
     assert row["ratios"]["time_mtt_over_covmatch"] > 0
     assert row["data_pipeline"]["images_per_s_cached"] > row["data_pipeline"]["images_per_s_consumed_by_covmatch"] > 0
     assert report["machine"]["torch"] and report["command"]
