@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchvision.transforms import InterpolationMode, v2
+from end_to_end import per_image_torchvision  # this folder is on sys.path under pytest
 
 from mmdd_bench.data.augment import BatchAugment
 from mmdd_bench.methods.covmatch import covmatch_loss
@@ -66,19 +66,10 @@ def test_real_batch_from_uint8_cache_224px(benchmark, shapes_store):
     assert out.shape == (128, 3, 224, 224)
 
 
-def _per_image_torchvision(size: int) -> v2.Compose:
-    """The paper augmentation as torchvision transforms, one call per image: the 'before' of BatchAugment."""
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandAugment(num_ops=2, magnitude=5),
-    ])
-
-
 def test_real_batch_with_paper_augmentation_per_image_224px(benchmark, shapes_store):
     """Before: torchvision's transforms image by image (a Python loop over the batch, on the host)."""
     _, store = shapes_store
-    augment = _per_image_torchvision(224)
+    augment = per_image_torchvision(224)
     rng = np.random.default_rng(0)
 
     def batch():
