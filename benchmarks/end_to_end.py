@@ -97,8 +97,9 @@ def run_one(case: Case, method: str, cache: Path, device: torch.device, variant:
     from mmdd_bench.method import get_method
 
     ctx = _context(case, cache, device)
-    params = _method_params(case, "mtt-vl" if method == "mtt-vl-experts" else method, variant)
-    m = get_method("mtt-vl" if method == "mtt-vl-experts" else method)
+    name = method.removesuffix("-experts")  # "mtt-vl-experts": only train MTT-VL's experts
+    params = _method_params(case, name, variant)
+    m = get_method(name)
     if method == "mtt-vl-experts":  # in a process of their own, so MTT-VL's memory below is its own
         t0 = time.perf_counter()
         _, summary = m.experts(ctx, params)

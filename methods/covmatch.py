@@ -136,7 +136,9 @@ class CovMatch(Method):
 
         # Initial synthetic set: N random real pairs (distinct images), images after train augmentation.
         init_images, init_pairs = initial_pairs(train, ctx.size, rng)
-        syn_images = store.normalize(augment(store.uint8(init_images).to(dev))).requires_grad_(True)
+        # Laid out once in the working memory format, so the loop never re-lays out the synthetic images.
+        syn_images = image_layout(store.normalize(augment(store.uint8(init_images).to(dev))),
+                                  params.channels_last).requires_grad_(True)
         ids, syn_mask = bb.tokenize([train.captions[i] for i in init_pairs])
         ids, syn_mask = ids.to(dev), syn_mask.to(dev)
         with torch.no_grad():

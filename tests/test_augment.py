@@ -85,7 +85,7 @@ def test_each_randaugment_op_matches_torchvision(name):
             assert torch.equal(batched[i], ref), (name, value, i)
 
 
-def test_batch_augment_is_seeded_per_image_and_device_independent_in_its_draws():
+def test_batch_augment_is_seeded_and_draws_per_image():
     images = _images(64, size=32)
     augment = BatchAugment(32)
     torch.manual_seed(3)

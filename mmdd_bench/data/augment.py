@@ -180,22 +180,24 @@ class BatchAugment:
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self.ops = randaugment_ops(size, size)  # after the crop every image is size x size
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         n, _, height, width = images.shape
         out = resized_crop_flip(images, crop_boxes(n, height, width), torch.rand(n) < 0.5, self.size)
-        ops = randaugment_ops(self.size, self.size)
         for _ in range(RANDAUG_OPS):
-            choice = torch.randint(len(ops), (n,))
+            choice = torch.randint(len(self.ops), (n,))
             negative = torch.rand(n) <= 0.5
             for op_index in choice.unique().tolist():
-                name, magnitude, signed = ops[op_index]
+                name, magnitude, signed = self.ops[op_index]
+                if name == "Identity":
+                    continue
                 for sign in ((True, False) if signed else (None,)):
                     picked = choice == op_index
                     if sign is not None:
                         picked &= negative == sign
                     rows = picked.nonzero()[:, 0].to(out.device)
-                    if len(rows) == 0 or name == "Identity":
+                    if len(rows) == 0:
                         continue
                     value = 0.0 if magnitude is None else (-magnitude if sign else magnitude)
                     out[rows] = apply_op(out[rows], name, value)
