@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from mmdd_bench.cli import default_cache_dir
-    from mmdd_bench.harness import resolve_device
+    from mmdd_bench.resources import resolve_device
 
     cache = (args.cache_dir or default_cache_dir()).expanduser()
     if args.one:

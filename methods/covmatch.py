@@ -23,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from mmdd_bench.accel import accelerate_image_encoder, autocast, check_amp, check_compile, image_layout
+from mmdd_bench.accel import AMP_MODES, accelerate_image_encoder, autocast, check_compile, image_layout
 from mmdd_bench.checkpoint import (
     load_checkpoint,
     momentum_tensors,
@@ -36,9 +36,9 @@ from mmdd_bench.data.augment import RealAugment
 from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.encoders.heads import contrastive_loss
 from mmdd_bench.method import DistillContext, Method
+from mmdd_bench.pairs import initial_pairs
+from mmdd_bench.params import param
 from mmdd_bench.timing import IterationTimer
-
-from .random_subset import initial_pairs
 
 
 def cross_covariance(h_v: torch.Tensor, h_l: torch.Tensor) -> torch.Tensor:
@@ -59,32 +59,33 @@ def covmatch_loss(real: tuple[torch.Tensor, ...], syn: tuple[torch.Tensor, ...],
 
 @dataclass
 class CovMatchParams:
-    iterations: int = 10000
-    rho: float = 1.0
-    lam: float = 0.1
-    real_batch: int = 128
-    syn_batch: int = 256  # used when N > 200; smaller sets use all of S every iteration
-    lr_images: float = 1.0  # the paper uses one SGD lr (1.0) for pixels and text
-    lr_text: float = 1.0
-    momentum_syn: float = 0.5
-    reset_every: int = 50
+    iterations: int = param(10000, ge=0)  # 0: the initial set itself (an ablation)
+    rho: float = param(1.0, ge=0)
+    lam: float = param(0.1, ge=0)
+    real_batch: int = param(128, ge=2)  # a covariance needs at least two samples
+    syn_batch: int = param(256, ge=2)  # used when N > 200; smaller sets use all of S every iteration
+    lr_images: float = param(1.0, ge=0)  # the paper uses one SGD lr (1.0) for pixels and text
+    lr_text: float = param(1.0, ge=0)
+    momentum_syn: float = param(0.5, ge=0, lt=1)
+    reset_every: int = param(50, ge=1)
     online_update: bool = True
     text_trainable: bool = True
-    lr_encoder: float = 0.0  # online model; 0 -> the backbone's default (paper: 0.01)
-    lr_projection: float = 0.0  # 0 -> the backbone's default (paper: 0.1)
+    lr_encoder: float | None = param(None, gt=0)  # online model; None: the backbone's default (paper: 0.01)
+    lr_projection: float | None = param(None, gt=0)  # None: the backbone's default (paper: 0.1)
     # Speed switches (see mmdd_bench.accel): bf16 autocast of forward passes, channels-last images,
     # torch.compile of the image encoder. Off by default; part of a result's identity when on.
-    amp: str = dataclasses.field(default="none", metadata={"omit_default": True})
-    channels_last: bool = dataclasses.field(default=False, metadata={"omit_default": True})
-    compile: bool = dataclasses.field(default=False, metadata={"omit_default": True})
+    amp: str = param("none", choices=AMP_MODES, omit_default=True)
+    channels_last: bool = param(False, omit_default=True)
+    compile: bool = param(False, omit_default=True)
     # Operational, not part of a result's identity: iterations between checkpoints, rounded up to a
     # multiple of reset_every (0: never).
-    checkpoint_every: int = dataclasses.field(default=500, metadata={"operational": True})
+    checkpoint_every: int = param(500, ge=0, operational=True)
 
     ALIASES: ClassVar[dict[str, str]] = {"lambda": "lam"}
 
-    def validate(self) -> None:
-        check_amp(self.amp, "covmatch")
+    def inactive_fields(self) -> set[str]:
+        # Without the online update the online model never trains: its learning rates cannot matter.
+        return set() if self.online_update else {"lr_encoder", "lr_projection"}
 
 
 # The embedded datasets run on CPUs: far fewer iterations than the paper's 10k/20k, and a lower text lr
@@ -114,6 +115,17 @@ class CovMatch(Method):
         if dataset_name in EMBEDDED:
             params = dataclasses.replace(params, iterations=EMBEDDED_ITERATIONS, lr_text=EMBEDDED_LR_TEXT)
         return params
+
+    def resolve_params(self, params: CovMatchParams, backbone) -> CovMatchParams:
+        return dataclasses.replace(
+            params,
+            lr_encoder=backbone.lr_encoder if params.lr_encoder is None else params.lr_encoder,
+            lr_projection=backbone.lr_projection if params.lr_projection is None else params.lr_projection,
+        )
+
+    def text_kind(self, params: CovMatchParams) -> str:
+        # The frozen-text ablation learns sentence embeddings, in prior work's space.
+        return "token_embeddings" if params.text_trainable else "sentence_embeddings"
 
     def protocol_for(self, params: CovMatchParams) -> str:
         # The frozen-text ablation learns sentence embeddings, which only the frozen-text protocol reads.
@@ -152,7 +164,8 @@ class CovMatch(Method):
         momentum = {"images": (opt_syn, syn_images), "text": (opt_syn, syn_text)}  # what a checkpoint keeps
 
         all_ids, all_mask = bb.tokenize(train.captions)  # tokenised once, sliced per batch
-        lrs = (params.lr_encoder or bb.lr_encoder, params.lr_projection or bb.lr_projection)
+        resolved = self.resolve_params(params, bb)
+        lrs = (resolved.lr_encoder, resolved.lr_projection)
         syn_batch = ctx.size if ctx.size <= 200 else min(params.syn_batch, ctx.size)
         model = opt_model = None
         losses: list[float] = []

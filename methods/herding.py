@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.features import train_features
 from mmdd_bench.method import DistillContext, Method
-
-from .random_subset import real_pairs
+from mmdd_bench.pairs import real_pairs
 
 
 def herd(features: torch.Tensor, n: int) -> list[int]:
@@ -45,6 +44,7 @@ class Herding(Method):
     version = "1"
     default_protocol = "trainable-text"
     description = "greedy mean matching in the joint pretrained image+text feature space"
+    deterministic = True  # greedy on fixed features: every seed selects the same pairs
     Params = HerdingParams
 
     def distill(self, ctx: DistillContext, params: HerdingParams) -> DistilledSet:

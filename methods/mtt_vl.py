@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,9 +44,8 @@ from mmdd_bench.errors import UsageError
 from mmdd_bench.experts import ExpertSettings, ExpertStore, split_towers
 from mmdd_bench.features import train_features
 from mmdd_bench.method import DistillContext, Method
+from mmdd_bench.pairs import initial_pairs
 from mmdd_bench.timing import IterationTimer
-
-from .random_subset import initial_pairs
 
 Params = dict[str, torch.Tensor]
 
@@ -151,6 +151,9 @@ class MTTVL(Method):
     description = "trajectory matching with a frozen text encoder and learned step sizes (Wu et al., TMLR 2024)"
     Params = MTTVLParams
 
+    def text_kind(self, params: MTTVLParams) -> str:
+        return "sentence_embeddings"
+
     def default_params(self, size: int, dataset_name: str) -> MTTVLParams:
         from mmdd_bench.data import EMBEDDED as EMBEDDED_DATASETS
 
@@ -159,10 +162,13 @@ class MTTVL(Method):
             params = dataclasses.replace(params, **EMBEDDED)
         return params
 
-    def experts(self, ctx: DistillContext, params: MTTVLParams) -> tuple[ExpertStore, dict]:
+    def experts(self, ctx: DistillContext, params: MTTVLParams, num_experts: int | None = None,
+                epochs: int | None = None, log: Callable[[str], None] = lambda s: None) -> tuple[ExpertStore, dict]:
+        """The expert store these parameters read, with its experts trained up to what they need (or more:
+        ``mmdd-bench experts`` trains ahead with the very settings a run will look up)."""
         store = ExpertStore(ctx.cache_dir, ctx.dataset, ctx.backbone, params.expert_settings())
-        summary = store.ensure(params.num_experts, params.expert_train_epochs, ctx.dataset, ctx.backbone,
-                               ctx.train_images, ctx.device, ctx.progress)
+        summary = store.ensure(num_experts or params.num_experts, epochs or params.expert_train_epochs, ctx.dataset,
+                               ctx.backbone, ctx.train_images, ctx.device, ctx.progress, log)
         return store, summary
 
     def distill(self, ctx: DistillContext, params: MTTVLParams) -> DistilledSet:

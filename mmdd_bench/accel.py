@@ -18,11 +18,6 @@ from .errors import UsageError
 AMP_MODES = ("none", "bf16")
 
 
-def check_amp(amp: str, where: str) -> None:
-    if amp not in AMP_MODES:
-        raise UsageError(f"{where}.amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
-
-
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     """bf16 autocast for forward passes; losses are computed in float32 outside it."""
     if amp == "none":

@@ -8,15 +8,21 @@ import json
 import os
 import shutil
 import tempfile
+import time
+import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 
 def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict) -> None:
+    """Write into a fresh hidden folder (tensors, then ``state.json`` last: a folder with a state is
+    complete), then swap it in. A kill at any point leaves at least one complete checkpoint, which
+    ``load_checkpoint`` finds again."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new.", dir=folder.parent))
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "tensors.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state))
@@ -29,10 +35,44 @@ def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path | None) -> tuple[dict[str, torch.Tensor], dict] | None:
-    if folder is None or not (folder / "state.json").is_file():
+def _complete(folder: Path) -> dict | None:
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError):
         return None
-    return load_file(str(folder / "tensors.safetensors")), json.loads((folder / "state.json").read_text())
+    return state if isinstance(state, dict) and (folder / "tensors.safetensors").is_file() else None
+
+
+def is_complete(folder: Path) -> bool:
+    return _complete(folder) is not None
+
+
+def _recover(folder: Path) -> None:
+    """After a kill inside the swap there is no ``folder`` but a complete old and/or new hidden one: put the
+    most advanced complete one back in place."""
+    candidates = [p for p in folder.parent.glob(f".{folder.name}.*") if p.is_dir() and _complete(p) is not None]
+    if candidates:
+        best = max(candidates, key=lambda p: _complete(p).get("iteration", -1))
+        os.replace(best, folder)
+
+
+def load_checkpoint(folder: Path | None) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The last complete checkpoint, or None. One that cannot be read is moved aside (``.bad-<time>``) with
+    a warning naming it, and the distillation starts over, instead of failing on every retry."""
+    if folder is None:
+        return None
+    if _complete(folder) is None:
+        _recover(folder)
+    state = _complete(folder)
+    if state is None:
+        return None
+    try:
+        return load_file(str(folder / "tensors.safetensors")), state
+    except (SafetensorError, OSError) as exc:
+        bad = folder.with_name(f".{folder.name}.bad-{int(time.time())}")
+        os.replace(folder, bad)
+        warnings.warn(f"checkpoint {folder} is unreadable ({exc}); moved it to {bad.name}, starting over", stacklevel=2)
+        return None
 
 
 def rng_tensors(generator: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
@@ -50,11 +90,18 @@ def restore_rng(tensors: dict[str, torch.Tensor], generator: torch.Generator, de
 
 
 def momentum_tensors(buffers: dict[str, tuple[torch.optim.Optimizer, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """``{"momentum.NAME": buffer}`` for each named (optimizer, parameter): what an SGD resume needs."""
-    return {f"momentum.{name}": opt.state[param]["momentum_buffer"] for name, (opt, param) in buffers.items()}
+    """``{"momentum.NAME": buffer}`` for each named (optimizer, parameter): what an SGD resume needs. SGD
+    without momentum keeps no buffer, and then there is nothing to save."""
+    out = {}
+    for name, (opt, param) in buffers.items():
+        buffer = opt.state.get(param, {}).get("momentum_buffer")
+        if buffer is not None:
+            out[f"momentum.{name}"] = buffer
+    return out
 
 
 def restore_momentum(tensors: dict[str, torch.Tensor], buffers: dict[str, tuple[torch.optim.Optimizer, torch.Tensor]],
                      device: torch.device) -> None:
     for name, (opt, param) in buffers.items():
-        opt.state[param]["momentum_buffer"] = tensors[f"momentum.{name}"].to(device)
+        if f"momentum.{name}" in tensors:
+            opt.state[param]["momentum_buffer"] = tensors[f"momentum.{name}"].to(device)

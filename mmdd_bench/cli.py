@@ -14,8 +14,10 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .errors import MMDDError, UsageError
 
@@ -70,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local: cells in this process (torchrun/SLURM ranks shard them); ray: one Ray task per cell")
     run.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     run.add_argument("--json", action="store_true", help="print the records as JSON lines instead of a table")
+    run.add_argument("--lock-timeout", type=float, default=6 * 3600.0, metavar="SECONDS",
+                     help="how long to wait for a distillation another process is doing (default 6 h)")
 
     ev = sub.add_parser("eval", help="evaluate a saved distilled set (.json/.safetensors) and record the result")
     common(ev)
@@ -77,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", default=None, help="default: the dataset the set was distilled from")
     ev.add_argument("--protocol", default=None, help="default: the method's own protocol")
     ev.add_argument("--backbone", default=None, help="default: the backbone the set was distilled with")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, default=None, help="default: the seed the set was distilled with")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.NAME=VALUE")
 
     show = sub.add_parser("show", help="render a distilled set as an image grid with decoded captions (PNG)")
@@ -133,7 +137,7 @@ class _ProgressReporter:
 
     def __call__(self, what: str, done: int, total: int) -> None:
         if what not in self.tasks:
-            self.tasks[what] = self.progress.add_task(what, total=total)
+            self.tasks[what] = self.progress.add_task(escape(what), total=total)
         self.progress.update(self.tasks[what], completed=done, total=total)
         if done >= total:
             self.progress.remove_task(self.tasks.pop(what))
@@ -144,6 +148,11 @@ def _progress(quiet: bool) -> Progress:
                     console=stderr, transient=True, disable=quiet)
 
 
+def _log(quiet: bool):
+    """Log lines are plain text: paths and names may hold brackets that rich would read as markup."""
+    return (lambda s: None) if quiet else (lambda s: stderr.print(s, markup=False, highlight=False))
+
+
 def _summary_table(records) -> Table:
     table = Table(title="mmdd-bench results (mean over students)")
     for col in ["dataset", "method", "size", "seed", "protocol", "status", "i2t R@1", "t2i R@1", "r_mean", "distill s"]:
@@ -151,81 +160,78 @@ def _summary_table(records) -> Table:
     for r in records:
         m = r.metrics.get("mean", {})
         i2t, t2i, mean = (f"{m[k]:.2f}" if k in m else "-" for k in ("i2t_R@1", "t2i_R@1", "r_mean"))
-        table.add_row(r.dataset, r.method, str(r.size), str(r.seed), r.protocol, r.status + (" (debug)" if r.debug else ""), i2t, t2i, mean,
-                      str(r.timings.get("distill_s", "-")))
+        cells = [r.dataset, r.method, str(r.size), str(r.seed), r.protocol, r.status + (" (debug)" if r.debug else ""),
+                 i2t, t2i, mean, str(r.timings.get("distill_s", "-"))]
+        table.add_row(*(Text(c) for c in cells))
     return table
 
 
 def cmd_run(args) -> int:
     from dataclasses import asdict
 
-    from .harness import Harness, RunConfig
+    from . import api
     from .params import parse_set_options
-    from .reports.leaderboard import write_leaderboards
+    from .plan import RunConfig
+    from .reports.writer import write_leaderboards
+    from .resources import shard_from_environment
 
     config = RunConfig(methods=args.methods, datasets=args.datasets, sizes=args.sizes, seeds=args.seeds,
                        results_dir=args.results, cache_dir=args.cache_dir, backbone=args.backbone,
                        protocols=args.protocol, data_root=args.data_root, device=args.device,
                        overrides=parse_set_options(args.overrides), force=args.force,
-                       retry_failed=args.retry_failed, debug=args.debug)
-    log = (lambda s: None) if args.quiet else (lambda s: stderr.print(s, highlight=False))
-    if args.executor == "ray":
-        from .executors import run_with_ray
-
-        records = run_with_ray(config, args.ray_address, log)
-    else:
-        with _progress(args.quiet) as progress:
-            records = Harness(config, log=log, progress=_ProgressReporter(progress)).run()
-    write_leaderboards(args.results)
+                       retry_failed=args.retry_failed, debug=args.debug, lock_timeout_s=args.lock_timeout)
+    rank, world = shard_from_environment()
+    lead = rank == 0  # under torchrun/SLURM only rank 0 draws progress bars and writes leaderboards
+    log = _log(args.quiet)
+    with _progress(args.quiet or not lead) as progress:
+        summary = api.run(config, log=log, progress=_ProgressReporter(progress), executor=args.executor,
+                          ray_address=args.ray_address)
+    if lead:
+        write_leaderboards(config.results_dir)
     if args.json:
-        for r in records:
+        for r in summary.records:
             print(json.dumps(asdict(r)))
     else:
-        stdout.print(_summary_table(records))
-        stdout.print(f"records: {args.results / 'runs'}  leaderboard: {args.results / 'leaderboard'}")
-    return 1 if any(r.status != "ok" for r in records) else 0
+        stdout.print(_summary_table(summary.records))
+        stdout.print(Text(f"records: {config.results_dir / 'runs'}  leaderboard: {config.results_dir / 'leaderboard'}"))
+    if summary.missing:
+        why = []
+        if summary.busy:
+            why.append(f"{len(summary.busy)} held by another process (rerun once it is done to confirm)")
+        if summary.refused:
+            why.append(f"{len(summary.refused)} whose record file cannot be replaced (see the log)")
+        failed = len({r.run_id for r in summary.failed})
+        if failed:
+            why.append(f"{failed} failed")
+        stderr.print(Text(f"{len(summary.missing)} of {len(summary.planned)} planned evaluations have no ok record: "
+                          + "; ".join(why)))
+    return 0 if summary.complete else 1
 
 
 def cmd_eval(args) -> int:
-    from .data import load_dataset
-    from .distilled import DistilledSet
-    from .encoders import build_backbone
-    from .harness import evaluate_artifact, resolve_device
-    from .params import apply_overrides, parse_set_options
-    from .protocols import get_protocol
+    from . import api
+    from .params import parse_set_options
     from .records import record_path
 
-    distilled = DistilledSet.load(args.artifact)
-    meta = distilled.meta
-    dataset_name = args.dataset or meta.get("dataset")
-    if not dataset_name:
-        raise MMDDError(f"{args.artifact} does not say which dataset it comes from; pass --dataset.")
-    protocol_name = args.protocol
-    if protocol_name is None:  # the method's own protocol when it can read this set, else frozen-text
-        from .method import METHODS
-        from .protocols import PROTOCOLS
-
-        own = METHODS.get(meta["method"]).default_protocol if meta.get("method") in METHODS else "frozen-text"
-        protocol_name = own if distilled.text_kind in PROTOCOLS.get(own).accepts else "frozen-text"
-    dataset = load_dataset(dataset_name, args.data_root, args.cache_dir)
-    backbone = build_backbone(args.backbone or meta.get("backbone") or dataset.default_backbone, args.cache_dir)
-    protocol = get_protocol(protocol_name)
-    params = apply_overrides(protocol.default_params(dataset_name), parse_set_options(args.overrides).get("eval", {}), "eval")
-    device = resolve_device(args.device)
+    overrides = parse_set_options(args.overrides)
+    if set(overrides) - {"eval"}:
+        raise UsageError(f"mmdd-bench eval takes --set eval.NAME=VALUE only, got scopes {sorted(overrides)}")
     with _progress(args.quiet) as progress:
-        rec = evaluate_artifact(args.artifact, distilled, dataset, backbone, protocol_name, params, args.seed, device,
-                                args.cache_dir, args.results, _ProgressReporter(progress))
-    print(json.dumps({"artifact": str(args.artifact), "dataset": dataset_name, "protocol": protocol_name,
-                      "protocol_version": rec.protocol_version, "params": rec.protocol_params,
-                      "mean": rec.metrics["mean"], "std": rec.metrics["std"],
+        rec = api.evaluate_artifact(args.artifact, results_dir=args.results, cache_dir=args.cache_dir,
+                                    data_root=args.data_root, dataset=args.dataset, protocol=args.protocol,
+                                    backbone=args.backbone, seed=args.seed, overrides=overrides.get("eval", {}),
+                                    device=args.device, progress=_ProgressReporter(progress))
+    print(json.dumps({"artifact": str(args.artifact), "dataset": rec.dataset, "protocol": rec.protocol,
+                      "protocol_version": rec.protocol_version, "params": rec.protocol_params, "seed": rec.seed,
+                      "eval_variant": rec.eval_variant, "mean": rec.metrics["mean"], "std": rec.metrics["std"],
                       "per_student": rec.metrics["per_student"], "lrs": rec.eval_lrs, "notes": rec.notes,
                       "record": str(record_path(args.results, rec.run_id))}, indent=1))
     return 0
 
 
 def cmd_show(args) -> int:
-    from .harness import resolve_device
     from .reports.gallery import render_artifact
+    from .resources import resolve_device
 
     out = args.out or Path(args.artifact).with_suffix(".gallery.png")
     print(render_artifact(args.artifact, out, args.max_items, args.data_root, args.cache_dir, resolve_device(args.device)))
@@ -233,28 +239,10 @@ def cmd_show(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .reports.leaderboard import leaderboard, records_frame, write_leaderboards
+    from . import api
 
-    for path in write_leaderboards(args.results):
-        stdout.print(str(path))
-    if args.html:
-        import torch
-
-        from .records import read_records
-        from .reports.gallery import render_artifact
-        from .reports.html import gallery_sources, write_page
-
-        records = read_records(args.results)
-        galleries, notes = {}, []
-        for key, rec in gallery_sources(records).items():
-            out = args.results / "gallery" / f"{key[0]}__{key[1]}__{key[2]}.png"
-            try:
-                render_artifact(args.results / rec.artifact, out, 12, args.data_root, args.cache_dir, torch.device("cpu"))
-                galleries[key] = out
-            except MMDDError as exc:
-                notes.append(f"no gallery for {' / '.join(key)}: {exc}")
-        page = write_page(args.results, leaderboard(records_frame(records)), galleries, notes)
-        stdout.print(str(page))
+    for path in api.report(args.results, html=args.html, data_root=args.data_root, cache_dir=args.cache_dir):
+        print(path)
     return 0
 
 
@@ -291,7 +279,7 @@ def cmd_cache(args) -> int:
     import shutil
 
     kinds = CACHE_KINDS if args.what == "all" else [args.what]
-    table = Table(title=f"cache {args.cache_dir}")
+    table = Table(title=Text(f"cache {args.cache_dir}"))
     table.add_column("what")
     table.add_column("files", justify="right")
     table.add_column("MiB", justify="right")
@@ -308,36 +296,23 @@ def cmd_cache(args) -> int:
 
 
 def cmd_experts(args) -> int:
-    """Experts are what ``mtt-vl`` reads; building them here uses the very settings a run would, so a
-    later ``mmdd-bench run --methods mtt-vl`` with the same ``--set`` finds them in the cache."""
-    from .data import load_dataset
-    from .encoders import build_backbone
-    from .harness import resolve_device
-    from .method import get_method
-    from .params import apply_overrides, parse_set_options
+    """Experts are what trajectory-matching methods read; building them here uses the very settings a run
+    would, so a later ``mmdd-bench run --methods mtt-vl`` with the same ``--set`` finds them in the cache."""
+    from . import api
+    from .params import parse_set_options
 
     overrides = parse_set_options(args.overrides)
     if set(overrides) - {"mtt-vl"}:
         raise UsageError(f"mmdd-bench experts takes --set mtt-vl.NAME=VALUE only, got scopes {sorted(overrides)}")
-    method = get_method("mtt-vl")
-    ds = load_dataset(args.dataset, args.data_root, args.cache_dir)
-    params = apply_overrides(method.default_params(100, ds.name), overrides.get("mtt-vl", {}), scope="mtt-vl")
-    num = args.num_experts or params.num_experts
-    epochs = args.epochs or params.expert_train_epochs
-    device = resolve_device(args.device)
-    backbone = build_backbone(args.backbone or ds.default_backbone, args.cache_dir).to(device)
-    from .data.images import ImageStore
-    from .experts import ExpertStore
-
-    store = ExpertStore(args.cache_dir, ds, backbone, params.expert_settings())
-    images = ImageStore(ds.train.image_paths, backbone.image_size, args.cache_dir, ds.train.fingerprint,
-                        backbone.mean, backbone.std)
-    log = (lambda s: None) if args.quiet else (lambda s: stderr.print(s, highlight=False))
+    log = _log(args.quiet)
     with _progress(args.quiet) as progress:
-        summary = store.ensure(num, epochs, ds, backbone, images, device, _ProgressReporter(progress), log)
-    per_expert = summary["bytes_per_expert"] / 2**20
-    log(f"{num} experts x {epochs} epochs in {store.root}: {per_expert:.1f} MiB per expert "
-        f"({summary['storage_dtype']}), {summary['bytes_total'] / 2**20:.1f} MiB in all; trained here in {summary['train_s']:.0f} s")
+        summary = api.train_experts(args.dataset, cache_dir=args.cache_dir, data_root=args.data_root,
+                                    backbone=args.backbone, num_experts=args.num_experts, epochs=args.epochs,
+                                    overrides=overrides.get("mtt-vl", {}), device=args.device,
+                                    progress=_ProgressReporter(progress), log=log)
+    log(f"{summary['num_experts']} experts x {summary['epochs_asked']} epochs in {summary['path']}: "
+        f"{summary['bytes_per_expert'] / 2**20:.1f} MiB per expert ({summary['storage_dtype']}), "
+        f"{summary['bytes_total'] / 2**20:.1f} MiB in all; trained here in {summary['train_s']:.0f} s")
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -364,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except MMDDError as exc:
-        stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+        stderr.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False)
         return 2
     except KeyboardInterrupt:
         stderr.print("interrupted; finished cells are kept and a rerun resumes after them")

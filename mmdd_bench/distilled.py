@@ -21,6 +21,9 @@ from .errors import DataError
 TextKind = Literal["captions", "sentence_embeddings", "token_embeddings"]
 TEXT_KINDS = ("captions", "sentence_embeddings", "token_embeddings")
 FORMAT_VERSION = 1
+LEARNED_LRS = ("lr_image", "lr_text")  # learned step sizes a set may carry for its students
+# Extras that record where a set came from rather than what a student trains on: free of budget.
+BOOKKEEPING_EXTRAS = ("source_pairs",)
 
 
 @dataclass
@@ -64,8 +67,45 @@ class DistilledSet:
             ):
                 raise ValueError("token_embeddings need an attention_mask of shape [N, L]")
 
+        if not self.images.is_floating_point():
+            raise ValueError(f"images must be a floating-point tensor of normalised pixels, got {self.images.dtype}")
+        if not bool(torch.isfinite(self.images).all()):
+            raise ValueError("images contain NaN or Inf")
+        if self.text_embeddings is not None:
+            if not self.text_embeddings.is_floating_point():
+                raise ValueError(f"text_embeddings must be floating point, got {self.text_embeddings.dtype}")
+            if not bool(torch.isfinite(self.text_embeddings).all()):
+                raise ValueError("text_embeddings contain NaN or Inf")
+        if self.attention_mask is not None and not bool(((self.attention_mask == 0) | (self.attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold 0s and 1s")
+        for name in LEARNED_LRS:
+            if name in self.extras:
+                lr = self.extras[name]
+                if lr.numel() != 1 or not lr.is_floating_point() or not bool(torch.isfinite(lr).all()):
+                    raise ValueError(f"extras.{name} must be one finite floating-point number, got shape "
+                                     f"{tuple(lr.shape)} {lr.dtype}")
+        if self.budget_pairs < n:
+            raise ValueError(f"budget_pairs {self.budget_pairs} is smaller than the {n} pairs the set holds")
+
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    @property
+    def budget_pairs(self) -> int:
+        """The pair budget the set counts against: its length, or more when it trades pairs for other
+        parameters (LoRS stores N-1 pairs plus its similarity for a budget of N)."""
+        return int(self.meta.get("budget_pairs", self.images.shape[0]))
+
+    def pair_bytes(self) -> int:
+        """Bytes of one pair (an image and its text), the unit a budget in pairs is paid in."""
+        n = max(len(self), 1)
+        total = self.images.numel() * self.images.element_size()
+        for t in (self.text_embeddings, self.attention_mask):
+            if t is not None:
+                total += t.numel() * t.element_size()
+        if self.captions is not None:
+            total += sum(len(c.encode()) for c in self.captions)
+        return total // n
 
     def storage_bytes(self) -> int:
         """Bytes a user must store: pixels + text + extras (the budget besides the pair count)."""
@@ -133,3 +173,20 @@ class DistilledSet:
             )
         except (KeyError, ValueError) as exc:
             raise DataError(f"distilled set {stem} is inconsistent: {exc}") from exc
+
+
+def check_budget(distilled: DistilledSet, size: int, method: str) -> None:
+    """A set made for a budget of ``size`` pairs: ``size`` pairs, or fewer when what it stores besides them
+    (a learned similarity, ...) fits in the bytes of the pairs it gave up."""
+    n, budget = len(distilled), distilled.budget_pairs
+    if budget != size:
+        raise RuntimeError(f"method {method!r} made a set for a budget of {budget} pairs, asked for {size}")
+    if n > size:
+        raise RuntimeError(f"method {method!r} returned {n} pairs, asked for {size}")
+    if n < size:
+        extra = sum(t.numel() * t.element_size() for k, t in distilled.extras.items()
+                    if k not in BOOKKEEPING_EXTRAS and k not in LEARNED_LRS)
+        allowed = (size - n) * distilled.pair_bytes()
+        if extra > allowed:
+            raise RuntimeError(f"method {method!r} returned {n} pairs for a budget of {size} with {extra} bytes of extra "
+                               f"tensors; the {size - n} freed pairs pay for {allowed} bytes only")

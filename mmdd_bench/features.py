@@ -13,8 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from .data.images import ImageStore
 from .data.splits import TrainSplit
-from .encoders.backbone import Backbone
-from .protocols.base import encode_captions
+from .encoders.backbone import Backbone, encode_captions
 
 
 @torch.no_grad()

@@ -16,16 +16,19 @@ from typing import Any, ClassVar
 import torch
 
 from .data.images import ImageStore
-from .data.splits import Dataset
-from .distilled import DistilledSet
+from .data.splits import TrainView
+from .distilled import DistilledSet, TextKind
 from .encoders.backbone import Backbone
-from .protocols.base import ProgressFn
+from .progress import ProgressFn
 from .registry import Registry
 
 
 @dataclass
 class DistillContext:
-    dataset: Dataset
+    """What a method gets: the training split only (``dataset.val``/``.test`` raise), the backbone, the
+    size and seed of the cell, the device, the cache, and where to report progress and keep checkpoints."""
+
+    dataset: TrainView
     backbone: Backbone
     size: int
     seed: int
@@ -61,10 +64,21 @@ class Method:
     default_protocol: ClassVar[str] = "frozen-text"
     description: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    # True when the seed cannot change the set (herding): its seeds are one set, and reports say so.
+    deterministic: ClassVar[bool] = False
 
     def default_params(self, size: int, dataset_name: str) -> Any:
         """Published defaults, possibly per size (CovMatch's rho and lambda) or per dataset."""
         return self.Params()
+
+    def resolve_params(self, params: Any, backbone: Any) -> Any:
+        """Fill ``None`` fields that depend on the backbone (e.g. an online model's lrs) before hashing."""
+        return params
+
+    def text_kind(self, params: Any) -> TextKind:
+        """The kind of text the sets made with ``params`` carry: the planner checks it against each protocol
+        of a run before any work starts."""
+        return "captions"
 
     def protocol_for(self, params: Any) -> str:
         """The protocol that fits the sets these params produce (``--protocol auto``)."""

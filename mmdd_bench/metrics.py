@@ -7,6 +7,7 @@ candidate that comes later, and results do not depend on the sort algorithm.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -85,10 +86,16 @@ def retrieval_metrics(similarity, img2txt: Sequence[Sequence[int]]) -> dict[str,
         raise ValueError("some captions belong to no image")
     r_i2t = i2t_ranks(sim, img2txt)
     r_t2i = t2i_ranks(sim, txt2img.to(sim.device))
+    return recalls(r_i2t, r_t2i)
+
+
+def recalls(r_i2t: torch.Tensor, r_t2i: torch.Tensor) -> dict[str, float]:
+    """Recall@K in percent from 0-based ranks: hits counted as integers, divided in float64, so every recall
+    is the double nearest to 100 * hits / n (an exact multiple of 100/n up to that last rounding)."""
     out: dict[str, float] = {}
-    for k in KS:
-        out[f"i2t_R@{k}"] = 100.0 * (r_i2t < k).float().mean().item()
-    for k in KS:
-        out[f"t2i_R@{k}"] = 100.0 * (r_t2i < k).float().mean().item()
-    out["r_mean"] = float(np.mean([out[m] for m in METRIC_NAMES[:-1]]))
+    for direction, ranks in (("i2t", r_i2t), ("t2i", r_t2i)):
+        n = int(ranks.numel())
+        for k in KS:
+            out[f"{direction}_R@{k}"] = 100.0 * int((ranks < k).sum()) / n
+    out["r_mean"] = math.fsum(out[m] for m in METRIC_NAMES[:-1]) / (len(METRIC_NAMES) - 1)
     return out

@@ -1,7 +1,11 @@
 """Run records: one JSON file per (distilled set, protocol) evaluation, written atomically.
 
-Identity is a hash of the canonical spec (what was asked for), so a rerun finds its own record and
-skips it, and two identical requests on different machines land on the same file name.
+Identity is a hash of the canonical spec (what was asked for, with every default resolved), so a rerun
+finds its own record and skips it, and two identical requests on different machines land on the same file.
+
+Records are untrusted input when they are read back (results folders are shared): each one is validated
+against the schema (pydantic, unknown fields ignored, non-finite metrics refused), older schemas are
+migrated, and a record of a newer schema is never read as if it were ours nor overwritten.
 """
 
 from __future__ import annotations
@@ -9,16 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 
-SCHEMA_VERSION = 1
+import pydantic
+from typing_extensions import TypedDict
+
+SCHEMA_VERSION = 2
+MAX_RECORD_BYTES = 16 * 2**20  # a record is a few KiB; anything this large is not one of ours
 
 
 def canonical_id(spec: dict) -> str:
@@ -44,29 +50,22 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+Finite = pydantic.FiniteFloat
 
 
-def versions() -> dict[str, str | None]:
-    import torch
-
-    from . import __version__
-
-    return {"mmdd_bench": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
-            "platform": platform.platform(), "git_sha": _git_sha()}
+class Metrics(TypedDict, total=False):
+    mean: dict[str, Finite]
+    std: dict[str, Finite | None]  # None: one student, no spread to report
+    per_student: list[dict[str, Finite]]
 
 
 @dataclass
-class RunRecord:
+class RecordSpec:
+    """Everything a record says about *what* was evaluated; the planner (harness cells) and the ``eval``
+    command both produce one, and ``build_record`` turns it into a record, ok or failed."""
+
     run_id: str
     distill_id: str
-    status: str  # "ok" | "failed"
     dataset: str
     dataset_fingerprints: dict[str, str]
     method: str
@@ -79,47 +78,166 @@ class RunRecord:
     protocol: str
     protocol_version: str
     protocol_params: dict
-    variant: str = ""  # the user's --set overrides of the method's published defaults, e.g. "lam=0.0"
-    eval_variant: str = ""  # the user's --set eval.* overrides, e.g. "epochs=2"
+    variant: str = ""
+    eval_variant: str = ""
+    eval_seeds: list[int] = field(default_factory=list)
+    debug: bool = False
+    deterministic: bool = False
+    source: str = "run"  # "run": a harness cell; "eval": ``mmdd-bench eval`` on a saved set
+    artifact: str | None = None
+
+
+@dataclass
+class RunRecord:
+    __pydantic_config__ = pydantic.ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    run_id: str
+    distill_id: str
+    status: Literal["ok", "failed"]
+    dataset: str
+    dataset_fingerprints: dict[str, str]
+    method: str
+    method_version: str
+    method_params: dict[str, Any]
+    size: int
+    seed: int
+    backbone: str
+    backbone_weights: str
+    protocol: str
+    protocol_version: str
+    protocol_params: dict[str, Any]
+    variant: str = ""  # how the method's parameters differ from its defaults, e.g. "lam=0.0"
+    eval_variant: str = ""  # how the protocol's parameters differ from its defaults, e.g. "epochs=2"
     n_pairs: int | None = None
+    budget_pairs: int | None = None  # the pair budget the set counts against (LoRS: n_pairs + 1)
     storage_bytes: int | None = None
     eval_seeds: list[int] = field(default_factory=list)
-    metrics: dict = field(default_factory=dict)  # {"mean": {...}, "std": {...}, "per_student": [...]}
+    metrics: Metrics = field(default_factory=dict)  # type: ignore[assignment]
     selected_epochs: list[int] = field(default_factory=list)
-    eval_lrs: dict = field(default_factory=dict)
+    eval_lrs: dict[str, Finite] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    timings: dict = field(default_factory=dict)  # distill_s, eval_s, distill_iterations, s_per_iteration
-    peak_memory_mb: dict = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)  # distill_s, eval_s, s_per_iteration, ...
+    peak_memory_mb: dict[str, Any] = field(default_factory=dict)
     device: str = ""
     artifact: str | None = None
-    versions: dict = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)  # package versions, python, git sha and dirty flag
+    environment: dict[str, Any] = field(default_factory=dict)  # device name, CUDA/cuDNN, TF32, determinism
+    command: list[str] = field(default_factory=list)  # sys.argv of the process that made it
     started_utc: str = ""
     finished_utc: str = ""
     error: str | None = None
     debug: bool = False  # ran under the harness's debugging limits: kept out of leaderboards
+    deterministic: bool = False  # the method ignores the seed: its seeds share one set
+    source: str = "run"
     schema_version: int = SCHEMA_VERSION
 
     def save(self, results_dir: Path) -> Path:
         path = record_path(results_dir, self.run_id)
-        atomic_write_text(path, json.dumps(asdict(self), indent=1, sort_keys=False))
+        atomic_write_text(path, json.dumps(asdict(self), indent=1, sort_keys=False, allow_nan=False))
         return path
+
+
+_ADAPTER = pydantic.TypeAdapter(RunRecord)
+
+
+def build_record(spec: RecordSpec, *, status: str, started: str, device: str, result: Any = None,
+                 error: BaseException | None = None, distilled: Any = None, timings: dict | None = None,
+                 memory: dict | None = None, notes: list[str] | None = None) -> RunRecord:
+    """The one way a record is made, for harness cells, failed cells and ``eval`` alike."""
+    import traceback
+
+    from .provenance import command, environment, versions
+
+    fields = asdict(spec)
+    rec = RunRecord(**fields, status=status, device=device, started_utc=started, finished_utc=utc_now(),
+                    versions=versions(), environment=environment(device), command=command(),
+                    timings=dict(timings or {}), peak_memory_mb=dict(memory or {}), notes=list(notes or []))
+    if distilled is not None:
+        rec.n_pairs = len(distilled)
+        rec.budget_pairs = int(distilled.meta.get("budget_pairs", len(distilled)))
+        rec.storage_bytes = distilled.storage_bytes()
+    if result is not None:
+        rec.metrics = {"mean": result.mean, "std": result.std, "per_student": result.per_student}
+        rec.selected_epochs = list(result.selected_epochs)
+        rec.eval_lrs = dict(result.lrs)
+        rec.notes += list(result.notes)
+        rec.timings["eval_s"] = round(result.seconds, 3)
+    if error is not None:
+        rec.error = f"{type(error).__name__}: {error}\n{''.join(traceback.format_exception(error)[-6:])}"
+    return rec
 
 
 def record_path(results_dir: Path, run_id: str) -> Path:
     return Path(results_dir) / "runs" / f"{run_id}.json"
 
 
+class RecordError(ValueError):
+    """A file in ``runs/`` that is not a record we can use; ``newer`` when a later version wrote it."""
+
+    def __init__(self, message: str, newer: bool = False) -> None:
+        super().__init__(message)
+        self.newer = newer
+
+
+def _migrate(data: dict) -> dict:
+    """Bring an older record to the current schema (in memory; the file is left as it is)."""
+    version = data.get("schema_version", 1)
+    if version == 1:
+        data = dict(data)
+        metrics = data.get("metrics") or {}
+        if isinstance(metrics, dict) and isinstance(metrics.get("per_student"), list) and len(metrics["per_student"]) < 2 \
+                and isinstance(metrics.get("std"), dict):
+            metrics = {**metrics, "std": {k: None for k in metrics["std"]}}  # v1 wrote 0.0 for one student
+            data["metrics"] = metrics
+        data["notes"] = [*data.get("notes", []), "migrated from record schema 1"] \
+            if isinstance(data.get("notes", []), list) else data.get("notes")
+        data["schema_version"] = SCHEMA_VERSION
+    return data
+
+
+def parse_record(text: str, source: str) -> RunRecord:
+    """Validate one record's JSON text; RecordError says what is wrong with it, naming ``source``."""
+    if len(text) > MAX_RECORD_BYTES:
+        raise RecordError(f"{source}: {len(text)} bytes, far larger than any run record; not read")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise RecordError(f"{source}: not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise RecordError(f"{source}: schema_version must be an integer, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise RecordError(f"{source}: written by a newer mmdd-bench (record schema {version}, this one reads up to "
+                          f"{SCHEMA_VERSION}); upgrade mmdd-bench to read it", newer=True)
+    try:
+        return _ADAPTER.validate_python(_migrate(data))
+    except (pydantic.ValidationError, RecursionError) as exc:
+        first = exc.errors()[0] if isinstance(exc, pydantic.ValidationError) else {"loc": (), "msg": "nested too deeply"}
+        where = ".".join(str(p) for p in first["loc"]) or "record"
+        raise RecordError(f"{source}: field {where}: {first['msg']}") from None
+
+
 def load_record(path: Path) -> RunRecord:
-    data = json.loads(Path(path).read_text())
-    return RunRecord(**data)
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}: not UTF-8 text") from None
+    return parse_record(text, str(path))
 
 
 def read_records(results_dir: Path) -> list[RunRecord]:
-    """Every readable record; corrupt or foreign files are skipped with a warning naming them."""
+    """Every valid record; the others are skipped with a warning that names the file and the problem."""
     out = []
     for path in sorted((Path(results_dir) / "runs").glob("*.json")):
         try:
             out.append(load_record(path))
-        except (json.JSONDecodeError, TypeError, UnicodeDecodeError, OSError) as exc:
-            warnings.warn(f"skipping unreadable run record {path}: {exc}", stacklevel=2)
+        except (RecordError, OSError) as exc:
+            warnings.warn(f"skipping run record: {exc}", stacklevel=2)
     return out
+
+
+__all__ = ["SCHEMA_VERSION", "RecordError", "RecordSpec", "RunRecord", "atomic_write_text", "build_record",
+           "canonical_id", "load_record", "parse_record", "read_records", "record_path", "utc_now"]

@@ -112,13 +112,15 @@ def test_real_augment_identity_only_when_augmenting(mini):
 def test_augmentation_version_is_part_of_real_data_identities_only(tmp_path, cache_dir):
     from conftest import write_flickr
 
-    from mmdd_bench.harness import Cell, Harness, RunConfig
+    from mmdd_bench.plan import Cell, Planner, RunConfig
+    from mmdd_bench.resources import Resources
 
     write_flickr(tmp_path / "data")
-    harness = Harness(RunConfig(methods=["random"], datasets=["flickr30k", "shapes-mini"], sizes=[2], seeds=[0],
+    planner = Planner(RunConfig(methods=["random"], datasets=["flickr30k", "shapes-mini"], sizes=[2], seeds=[0],
                                 results_dir=tmp_path / "res", cache_dir=cache_dir, backbone="tiny",
-                                data_root=str(tmp_path / "data"), device="cpu"))
-    flickr, _ = harness.specs(Cell("flickr30k", "random", 2, 0, ["frozen-text"]))
-    shapes, _ = harness.specs(Cell("shapes-mini", "random", 2, 0, ["frozen-text"]))
+                                data_root=str(tmp_path / "data"), device="cpu"),
+                      Resources(str(tmp_path / "data"), cache_dir, "tiny"))
+    flickr = planner.cell_plan(Cell("flickr30k", "random", 2, 0, ("frozen-text",))).distill_spec
+    shapes = planner.cell_plan(Cell("shapes-mini", "random", 2, 0, ("frozen-text",))).distill_spec
     assert flickr["augment"] == AUGMENT_ID  # bumping AUGMENT_ID gives real-data results new ids
     assert "augment" not in shapes  # the embedded runs keep their committed ids

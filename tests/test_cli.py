@@ -39,7 +39,7 @@ def test_run_writes_records_artifacts_and_leaderboard(run, tmp_path, capsys):
     assert "r_mean_std" in board.columns and "gain_vs_random" in board.columns
     assert (board.loc[board["method"] == "random", "gain_vs_random"] == 0).all()
     md = (tmp_path / "res" / "leaderboard" / "shapes-mini__tiny__trainable-text.md").read_text()
-    assert "| herding |" in md and "±" in md
+    assert "| herding † |" in md and "±" in md and "deterministic method" in md
 
 
 def test_variants_get_their_own_rows(run, tmp_path):

@@ -27,7 +27,7 @@ def page(cache_dir, tmp_path_factory):
 def test_page_has_tables_figures_galleries_and_missing_rows(page):
     text = page.read_text()
     assert text.count("<table") >= 2 and "shapes-mini / backbone tiny / protocol trainable-text" in text
-    imgs = re.findall(r"<img src='([^']+)'", text)
+    imgs = re.findall(r'<img src="([^"]+)"', text)
     assert len(imgs) >= 4 and all((page.parent / src).is_file() for src in imgs)
     assert "gallery/shapes-mini__tiny__covmatch.png" in text
     assert "Published rows not measured here yet" in text and "mtt-vl" in text

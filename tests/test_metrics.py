@@ -94,3 +94,24 @@ def test_bad_inputs_raise_clear_errors():
         retrieval_metrics(np.zeros((2, 2)), [[0], [0]])
     with pytest.raises(ValueError, match="no image"):
         retrieval_metrics(np.zeros((2, 3)), [[0], [1]])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recalls_are_exact_multiples_of_100_over_n(seed):
+    """Hits are counted as integers and divided in float64: 33 hits of 50 give exactly 66.0, not 66.00000262."""
+    rng = np.random.default_rng(seed)
+    n = 50
+    sim = rng.normal(size=(n, n)).astype(np.float32)
+    m = retrieval_metrics(sim, [[i] for i in range(n)])
+    ref = brute_force(sim, [[i] for i in range(n)])
+    for k in METRIC_NAMES[:-1]:
+        hits = round(ref[k] * n / 100)
+        assert m[k] == 100.0 * hits / n, k  # exact equality, not approx
+    assert m["r_mean"] == sum(m[k] for k in METRIC_NAMES[:-1]) / 6
+
+
+def test_two_thirds_recall_is_the_nearest_double():
+    # 2 of 3 images retrieve their caption first: 66.666... to the last bit, and 1/3 of the captions likewise.
+    sim = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    m = retrieval_metrics(sim, [[0], [1], [2]])
+    assert m["i2t_R@1"] == 200.0 / 3 and type(m["i2t_R@1"]) is float

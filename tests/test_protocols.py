@@ -91,7 +91,7 @@ def test_frozen_text_uses_learned_step_sizes(mini, tiny):
     assert lrs == {"encoder": 0.003, "projection": 0.03}  # the embedded defaults
     paper = apply_overrides(p.default_params("flickr30k"), {"use_learned_lrs": False})
     lrs, _ = p.learning_rates(d, tiny, paper)
-    assert lrs == {"encoder": tiny.lr_encoder, "projection": tiny.lr_projection}  # 0 -> the backbone's own
+    assert lrs == {"encoder": tiny.lr_encoder, "projection": tiny.lr_projection}  # unset -> the backbone's own
 
 
 def test_bad_eval_params_are_clear():

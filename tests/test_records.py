@@ -1,8 +1,17 @@
 import json
+from dataclasses import asdict
 
 import pytest
 
-from mmdd_bench.records import RunRecord, atomic_write_text, canonical_id, read_records
+from mmdd_bench.records import (
+    SCHEMA_VERSION,
+    RecordError,
+    RunRecord,
+    atomic_write_text,
+    canonical_id,
+    parse_record,
+    read_records,
+)
 
 
 def make_record(run_id="abc", **kw) -> RunRecord:
@@ -40,3 +49,57 @@ def test_records_roundtrip_and_corrupt_files_are_skipped(tmp_path):
     with pytest.warns(UserWarning, match="broken.json"):
         records = read_records(tmp_path)
     assert sorted(r.run_id for r in records) == ["r1", "r2"]
+
+
+def test_unknown_fields_are_ignored_not_fatal():
+    """A record with one field this version does not know still loads (the board must not shrink)."""
+    data = {**asdict(make_record("r1")), "added_by_a_later_minor_version": {"x": 1}}
+    assert parse_record(json.dumps(data), "r1.json") == make_record("r1")
+
+
+def test_schema_1_records_are_migrated():
+    data = asdict(make_record("r1", metrics={"mean": {"r_mean": 5.0}, "std": {"r_mean": 0.0},
+                                             "per_student": [{"r_mean": 5.0}]}))
+    data["schema_version"] = 1
+    for new_field in ("environment", "command", "deterministic", "source", "budget_pairs"):
+        data.pop(new_field)
+    rec = parse_record(json.dumps(data), "old.json")
+    assert rec.schema_version == SCHEMA_VERSION and rec.metrics["std"]["r_mean"] is None  # one student: no std
+    assert any("migrated" in n for n in rec.notes)
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d.update(schema_version=SCHEMA_VERSION + 1), "newer mmdd-bench"),
+    (lambda d: d.update(size="ten"), "field size"),
+    (lambda d: d.update(dataset={"nested": 1}), "field dataset"),
+    (lambda d: d["metrics"]["mean"].update(r_mean=float("inf")), "finite"),
+    (lambda d: d["metrics"]["mean"].update(r_mean=float("nan")), "finite"),
+    (lambda d: d.update(status="maybe"), "field status"),
+])
+def test_malformed_records_are_refused_with_the_field_named(mutate, message):
+    data = asdict(make_record("r1", metrics={"mean": {"r_mean": 5.0}, "std": {"r_mean": None}, "per_student": []}))
+    mutate(data)
+    with pytest.raises(RecordError, match=message):
+        parse_record(json.dumps(data), "r1.json")
+
+
+def test_deeply_nested_or_huge_json_is_a_clear_refusal():
+    with pytest.raises(RecordError, match="not valid JSON"):
+        parse_record("[" * 200_000 + "]" * 200_000, "deep.json")
+    with pytest.raises(RecordError, match="not valid JSON"):
+        parse_record('{"run_id": NaN', "bad.json")
+
+
+def test_provenance_block(tmp_path, cache_dir):
+    """Versions from importlib.metadata, the device and its flags, git state and the exact command line."""
+    from mmdd_bench.cli import main
+
+    assert main(["run", "--datasets", "shapes-mini", "--methods", "random", "--sizes", "3", "--cache-dir", str(cache_dir),
+                 "--results", str(tmp_path), "--set", "eval.epochs=1", "--set", "eval.n_students=1", "--quiet"]) == 0
+    (rec,) = read_records(tmp_path)
+    for package in ("torch", "torchvision", "timm", "transformers", "open_clip_torch", "numpy"):
+        assert rec.versions[package], package
+    assert "git_sha" in rec.versions and "git_dirty" in rec.versions
+    env = rec.environment
+    assert env["device"] == "cpu" and "deterministic_algorithms" in env and "gpu_count" in env and "torch_threads" in env
+    assert isinstance(rec.command, list) and rec.command  # sys.argv of the process

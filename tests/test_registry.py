@@ -57,7 +57,7 @@ def test_third_party_method_via_entry_point(tmp_path, monkeypatch):
 
             def distill(self, ctx, params):
                 import numpy as np
-                from mmdd_bench.methods.random_subset import real_pairs
+                from mmdd_bench.pairs import real_pairs
                 return real_pairs(ctx, np.arange(ctx.size), self.name)
     '''))
     dist = tmp_path / "thirdparty_mmdd-0.1.dist-info"

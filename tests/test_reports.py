@@ -1,8 +1,10 @@
 import pandas as pd
+import pytest
 from test_records import make_record
 
-from mmdd_bench.reports.leaderboard import leaderboard, records_frame, to_markdown, write_leaderboards
+from mmdd_bench.reports.leaderboard import leaderboard, records_frame, to_markdown
 from mmdd_bench.reports.published import published_for, published_results
+from mmdd_bench.reports.writer import write_leaderboards
 
 
 def metrics(value: float) -> dict:
@@ -76,3 +78,76 @@ def test_published_data_is_packaged():
     cov = published_for("flickr30k", "paper", "trainable-text")
     assert cov[(cov["method"] == "covmatch") & (cov["size"] == 100)]["r_mean"].iloc[0] == 30.5
     assert published_for("shapes", "tiny", "trainable-text").empty
+
+
+def test_one_record_per_seed_keeps_the_newest_and_names_the_others(tmp_path):
+    """A second record of seed 0 (an ``eval`` of the same artifact, a rerun) must not count as a fourth seed."""
+    recs = [make_record(f"r{s}", seed=s, finished_utc=f"2026-01-0{s + 1}", metrics=metrics(10.0 + s)) for s in range(3)]
+    board = leaderboard(records_frame(recs))
+    assert board["n_seeds"].tolist() == [3] and board["r_mean"].tolist() == [11.0]
+    again = make_record("again", seed=0, finished_utc="2026-02-01", metrics=metrics(40.0))
+    with pytest.warns(UserWarning, match=r"kept the newest runs/again.json, left out runs/r0.json"):
+        board = leaderboard(records_frame([*recs, again]))
+    assert board["n_seeds"].tolist() == [3] and board["r_mean"].tolist() == [(40.0 + 11.0 + 12.0) / 3]
+
+
+def test_rows_are_keyed_by_weights_and_splits():
+    a = [make_record(f"a{s}", seed=s, backbone_weights="tiny-digest-1", metrics=metrics(10.0)) for s in range(2)]
+    b = [make_record(f"b{s}", seed=s, backbone_weights="tiny-digest-2", metrics=metrics(20.0)) for s in range(2)]
+    c = [make_record(f"c{s}", seed=s, backbone_weights="tiny-digest-1", dataset_fingerprints={"test": "other"},
+                     metrics=metrics(30.0)) for s in range(2)]
+    board = leaderboard(records_frame(a + b + c))
+    assert sorted(board["r_mean"]) == [10.0, 20.0, 30.0] and set(board["n_seeds"]) == {2}
+    assert board["settings"].nunique() == 3
+
+
+def test_one_seed_has_no_std_rather_than_zero(tmp_path):
+    make_record("r0", metrics=metrics(10.0)).save(tmp_path)
+    write_leaderboards(tmp_path, plots=False)
+    board = pd.read_csv(tmp_path / "leaderboard" / "leaderboard.csv")
+    assert board["n_seeds"].tolist() == [1] and board["r_mean_std"].isna().all() and board["r_mean_ci_low"].isna().all()
+    md = (tmp_path / "leaderboard" / "shapes__tiny__frozen-text.md").read_text()
+    assert "± 0.00" not in md and "| 10.00 |" in md
+
+
+def test_intervals_and_the_near_random_flag(tmp_path):
+    """Clearly better than random (every seed gains 10): no flag; gains of -1, +3, +1: the interval holds 0."""
+    recs = [make_record(f"r{s}", seed=s, metrics=metrics(10.0 + s)) for s in range(3)]
+    recs += [make_record(f"c{s}", seed=s, method="covmatch", metrics=metrics(20.0 + s)) for s in range(3)]
+    recs += [make_record(f"h{s}", seed=s, method="herding", deterministic=True, metrics=metrics(v))
+             for s, v in enumerate([9.0, 14.0, 13.0])]
+    board = leaderboard(records_frame(recs)).set_index("method")
+    assert board.loc["covmatch", "vs_random"] == "" and board.loc["covmatch", "gain_ci_low"] == 10.0
+    assert board.loc["herding", "vs_random"] == "~ random"
+    assert board.loc["herding", "gain_ci_low"] <= 0 <= board.loc["herding", "gain_ci_high"]
+    assert board.loc["random", "r_mean_ci_low"] == 10.0 and board.loc["random", "r_mean_ci_high"] == 12.0
+    assert bool(board.loc["herding", "deterministic"]) and not bool(board.loc["covmatch", "deterministic"])
+    again = leaderboard(records_frame(recs)).set_index("method")  # seeded: the same records, the same table
+    pd.testing.assert_frame_equal(board, again)
+    for r in recs:
+        r.save(tmp_path)
+    write_leaderboards(tmp_path, plots=False)
+    md = (tmp_path / "leaderboard" / "shapes__tiny__frozen-text.md").read_text()
+    assert "| herding † |" in md and "~ random" in md and "deterministic method" in md
+    assert "+10.00 [+10.00, +10.00]" in md
+    csv = pd.read_csv(tmp_path / "leaderboard" / "leaderboard.csv", keep_default_na=False)
+    assert set(csv["vs_random"]) == {"", "~ random"}
+
+
+def test_crafted_record_fields_never_write_outside_the_results_folder(tmp_path):
+    """Group names come from record fields: a protocol of '/../../victim/README' must stay a file name."""
+    results = tmp_path / "results"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "README").write_text("keep me")
+    hostile = ["/../../victim/README", "../../victim", "a/b", "..", ".hidden", "coco.v1", "coco.v2", "x__y"]
+    for i, name in enumerate(hostile):
+        make_record(f"h{i}", dataset=name, protocol=name, metrics=metrics(10.0)).save(results)
+    paths = write_leaderboards(results)
+    assert (victim / "README").read_text() == "keep me" and sorted(p.name for p in victim.iterdir()) == ["README"]
+    for path in paths:
+        assert path.resolve().parent == (results / "leaderboard").resolve(), path
+    assert len({p.name for p in paths}) == len(paths)  # no two groups share a file
+    names = {p.name for p in paths}
+    assert "coco.v1__tiny__coco.v1.csv" in names and "coco.v2__tiny__coco.v2.csv" in names  # a dot is no suffix
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and results not in p.parents and p.parent != victim]

@@ -15,8 +15,9 @@ from filelock import FileLock
 
 from mmdd_bench.cli import main
 from mmdd_bench.distilled import DistilledSet
-from mmdd_bench.harness import Harness, RunConfig
-from mmdd_bench.records import canonical_id, read_records
+from mmdd_bench.plan import RunConfig
+from mmdd_bench.records import read_records
+from mmdd_bench.runner import Runner
 
 QUICK = ["--datasets", "shapes-mini", "--set", "eval.epochs=1", "--set", "eval.n_students=1"]
 
@@ -82,15 +83,16 @@ def config(results: Path, cache_dir: Path, **kw) -> RunConfig:
     return RunConfig(**base)
 
 
-def test_a_locked_cell_is_left_to_its_owner(tmp_path, cache_dir):
-    harness = Harness(config(tmp_path, cache_dir))
-    cell = harness.plan()[0]
-    distill_id = canonical_id(harness.specs(cell)[0])
+def test_a_locked_evaluation_is_left_to_its_owner(tmp_path, cache_dir):
+    runner = Runner(config(tmp_path, cache_dir))
+    cell = runner.plan()[0]
+    (run_id,) = [e.run_id for e in runner.planner.cell_plan(cell).evals]
     (tmp_path / "locks").mkdir()
-    with FileLock(str(tmp_path / "locks" / f"{distill_id}.lock")):
-        assert harness.run_cell(cell) == []
+    with FileLock(str(tmp_path / "locks" / f"{run_id}.eval.lock")):
+        outcome = runner.run_cell(cell)
+        assert outcome.records == [] and outcome.busy == [run_id]
     assert not (tmp_path / "runs").exists()
-    assert [r.status for r in harness.run_cell(cell)] == ["ok"]
+    assert [r.status for r in runner.run_cell(cell).records] == ["ok"]
 
 
 def test_two_concurrent_processes_share_one_results_folder(tmp_path, cache_dir):
@@ -163,3 +165,94 @@ def test_cache_du_and_clear(tmp_path, capsys):
     assert "trajectories" in capsys.readouterr().out
     assert main(["cache", "clear", "trajectories", "--cache-dir", str(tmp_path)]) == 0
     assert not (tmp_path / "trajectories").exists()
+
+
+def test_two_runs_with_different_protocol_lists_both_get_their_records(tmp_path, cache_dir):
+    """The lock is per evaluation: a run that finds a set being made waits for it, then does its own evaluations."""
+    a = ["--methods", "random", "--sizes", "4,6", "--seeds", "0,1", "--quiet", "--protocol", "trainable-text"]
+    b = ["--methods", "random", "--sizes", "4,6", "--seeds", "0,1", "--quiet", "--protocol", "frozen-text,trainable-text"]
+    procs = [subprocess.Popen(cli(tmp_path, cache_dir, *args), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for args in (a, b)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    recs = read_records(tmp_path)
+    assert sorted(r.protocol for r in recs) == ["frozen-text"] * 4 + ["trainable-text"] * 4
+    assert len({r.distill_id for r in recs}) == 4 and len(list((tmp_path / "artifacts").glob("*.json"))) == 4
+
+
+def test_an_evaluation_held_elsewhere_is_counted_and_the_exit_code_says_so(tmp_path, cache_dir, capsys):
+    base = ["run", "--results", str(tmp_path), "--cache-dir", str(cache_dir), *QUICK, "--quiet", "--sizes", "4",
+            "--methods", "random", "--seeds", "0,1", "--lock-timeout", "0.5"]
+    runner = Runner(config(tmp_path, cache_dir, seeds=[0, 1]))
+    held = runner.planner.cell_plan(runner.plan()[1]).evals[0].run_id
+    (tmp_path / "locks").mkdir()
+    with FileLock(str(tmp_path / "locks" / f"{held}.eval.lock")):
+        assert main(base) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "1 of 2 planned evaluations have no ok record: 1 held by another process" in err
+    assert {r.run_id for r in read_records(tmp_path)} == {runner.planner.cell_plan(runner.plan()[0]).evals[0].run_id}
+    assert main(base) == 0 and len(read_records(tmp_path)) == 2  # once released, a rerun completes the grid
+
+
+def test_a_distillation_held_elsewhere_is_waited_for(tmp_path, cache_dir, capsys):
+    runner = Runner(config(tmp_path, cache_dir))
+    plan = runner.planner.cell_plan(runner.plan()[0])
+    with runner.store.lock(plan.distill_id, "distill"):
+        outcome = Runner(config(tmp_path, cache_dir, lock_timeout_s=0.3)).run_cell(plan.cell)
+    assert outcome.busy == [plan.evals[0].run_id] and not outcome.records
+    assert [r.status for r in runner.run_cell(plan.cell).records] == ["ok"]
+
+
+def test_force_clears_a_stale_checkpoint(tmp_path, cache_dir, monkeypatch):
+    """--force redistils from scratch: a checkpoint left by an earlier (failed) attempt is not resumed."""
+    import mmdd_bench.methods.covmatch as covmatch
+    from mmdd_bench.checkpoint import load_checkpoint, save_checkpoint
+
+    args = ["--methods", "covmatch", "--sizes", "4", "--set", "covmatch.iterations=10", "--set", "covmatch.reset_every=5",
+            "--set", "covmatch.real_batch=16",
+            "--set", "covmatch.checkpoint_every=5", "--set", "covmatch.momentum_syn=0", "--quiet"]
+    run = ["run", "--cache-dir", str(cache_dir), *QUICK, *args]
+    calls = {"n": 0}
+    original = covmatch.covmatch_loss
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise RuntimeError("power cut")
+        return original(*a, **k)
+
+    monkeypatch.setattr(covmatch, "covmatch_loss", failing)
+    assert main([*run, "--results", str(tmp_path / "a")]) == 1  # failed after its checkpoint at iteration 5
+    monkeypatch.setattr(covmatch, "covmatch_loss", original)
+    (folder,) = [p for p in (tmp_path / "a" / "checkpoints").iterdir() if not p.name.startswith(".")]
+    tensors, state = load_checkpoint(folder)
+    assert state["iteration"] == 5 and not any(k.startswith("momentum.") for k in tensors)  # SGD without momentum
+    save_checkpoint(folder, {**tensors, "syn_images": tensors["syn_images"] + 1.0}, state)  # make it stale
+    assert main([*run, "--results", str(tmp_path / "a"), "--force"]) == 0
+    assert main([*run, "--results", str(tmp_path / "b")]) == 0
+    a = DistilledSet.load(next((tmp_path / "a" / "artifacts").glob("*.json")))
+    b = DistilledSet.load(next((tmp_path / "b" / "artifacts").glob("*.json")))
+    assert a.meta["timings"]["resumed_from_iteration"] == 0 and torch.equal(a.images, b.images)
+
+
+def test_only_rank_0_writes_leaderboards(tmp_path, cache_dir, monkeypatch):
+    base = ["run", "--cache-dir", str(cache_dir), *QUICK, "--quiet", "--sizes", "4", "--methods", "random", "--seeds", "0,1"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main([*base, "--results", str(tmp_path)]) == 0
+    assert not (tmp_path / "leaderboard").exists() and len(read_records(tmp_path)) == 1
+    monkeypatch.setenv("RANK", "0")
+    assert main([*base, "--results", str(tmp_path)]) == 0
+    assert (tmp_path / "leaderboard" / "leaderboard.csv").is_file() and len(read_records(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("env_var,value,message", [("RANK", "abc", "RANK='abc' is not an integer"),
+                                                   ("RANK", "5", "RANK=5 is outside 0..1")])
+def test_malformed_launcher_variables_are_a_clear_error(tmp_path, cache_dir, monkeypatch, capsys, env_var, value,
+                                                        message):
+    monkeypatch.setenv(env_var, value)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["run", "--cache-dir", str(cache_dir), *QUICK, "--quiet", "--sizes", "4", "--methods", "random",
+                 "--results", str(tmp_path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert message in err and "Traceback" not in err and not (tmp_path / "runs").exists()

@@ -84,6 +84,17 @@ class Backbone:
         return self
 
 
+@torch.no_grad()
+def encode_captions(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], backbone: Backbone,
+                    captions: Sequence[str], device: torch.device, batch: int = 256) -> torch.Tensor:
+    """Run captions through ``encode(ids, mask)`` in batches (padding per batch)."""
+    out = []
+    for start in range(0, len(captions), batch):
+        ids, mask = backbone.tokenize(captions[start:start + batch])
+        out.append(encode(ids.to(device), mask.to(device)))
+    return torch.cat(out)
+
+
 class HFTokenizer:
     """Wraps a Hugging Face tokenizer: pads to the longest caption, truncated at ``max_length``."""
 

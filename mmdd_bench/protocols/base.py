@@ -7,6 +7,7 @@ loop, the optimiser, the selection rule and the scoring are written once here.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,30 +22,26 @@ from ..encoders.backbone import Backbone
 from ..encoders.heads import DualEncoder, contrastive_loss
 from ..errors import UsageError
 from ..metrics import METRIC_NAMES, retrieval_metrics
-from ..params import apply_overrides
-
-ProgressFn = Callable[[str, int, int], None]  # (what, done, total)
+from ..params import apply_overrides, identity_dict, param, variant_label
+from ..progress import ProgressFn
 
 
 @dataclass
 class EvalParams:
-    epochs: int = 100
-    batch_size: int = 128
-    lr_encoder: float = 0.0  # 0 -> the backbone's default
-    lr_projection: float = 0.0  # 0 -> the backbone's default
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_decay_epoch: int = 0  # 0 -> epochs // 2; the lr is multiplied by 0.1 there
-    n_students: int = 5
-    selection: str = "final"  # "final" epoch, or "val": best r_mean on the val split (never test)
-    val_every: int = 10
-    use_learned_lrs: bool = True  # frozen-text: take learned step sizes a set carries (MTT-VL)
+    epochs: int = param(100, ge=1)
+    batch_size: int = param(128, ge=1)
+    lr_encoder: float | None = param(None, gt=0)  # None: the backbone's default (paper: 0.01)
+    lr_projection: float | None = param(None, gt=0)  # None: the backbone's default (paper: 0.1)
+    momentum: float = param(0.9, ge=0, lt=1)
+    weight_decay: float = param(5e-4, ge=0)
+    lr_decay_epoch: int | None = param(None, ge=1)  # None: epochs // 2; the lr is multiplied by 0.1 there
+    n_students: int = param(5, ge=1)
+    selection: str = param("final", choices=("final", "val"))  # final epoch, or best r_mean on val (never test)
+    val_every: int = param(10, ge=1)  # only with selection=val
+    use_learned_lrs: bool = True  # frozen-text: take learned step sizes a set carries (MTT-VL, LoRS)
 
-    def validate(self) -> None:
-        if self.selection not in ("final", "val"):
-            raise UsageError(f"eval.selection must be 'final' or 'val', got {self.selection!r}")
-        if self.epochs < 1 or self.n_students < 1 or self.batch_size < 1:
-            raise UsageError("eval.epochs, eval.n_students and eval.batch_size must be >= 1")
+    def inactive_fields(self) -> set[str]:
+        return {"val_every"} if self.selection == "final" else set()
 
 
 # The embedded datasets are a CPU sanity benchmark: fewer epochs and students than the paper's 100 x 5,
@@ -58,7 +55,7 @@ EMBEDDED_DEFAULTS = {"epochs": 40, "n_students": 2, "lr_encoder": 0.003, "lr_pro
 class EvalResult:
     per_student: list[dict[str, float]]
     mean: dict[str, float]
-    std: dict[str, float]
+    std: dict[str, float | None]
     params: dict
     selected_epochs: list[int]
     lrs: dict[str, float]
@@ -66,10 +63,10 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
 
 
-def summarize(per_student: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
-    """Mean and sample standard deviation (ddof=1; 0 for a single student)."""
+def summarize(per_student: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float | None]]:
+    """Mean and sample standard deviation (ddof=1); no std (None) for a single student, never a fake 0."""
     mean = {m: float(np.mean([s[m] for s in per_student])) for m in METRIC_NAMES}
-    std = {m: float(np.std([s[m] for s in per_student], ddof=1)) if len(per_student) > 1 else 0.0
+    std = {m: float(np.std([s[m] for s in per_student], ddof=1)) if len(per_student) > 1 else None
            for m in METRIC_NAMES}
     return mean, std
 
@@ -85,6 +82,8 @@ class Protocol:
     text_trainable: bool = False
     image_head: bool = False
     description: str = ""
+    # Parameters this protocol never reads: they leave its results' identities and variant labels.
+    inactive_params: frozenset[str] = frozenset()
 
     # ---- what subclasses define -------------------------------------------------------------------
     def student_text(self, distilled: DistilledSet, backbone: Backbone, device: torch.device) -> TextBatches:
@@ -95,18 +94,36 @@ class Protocol:
         raise NotImplementedError
 
     def learning_rates(self, distilled: DistilledSet, backbone: Backbone, params: EvalParams) -> tuple[dict[str, float], list[str]]:
-        lr_enc = params.lr_encoder or backbone.lr_encoder
-        lr_proj = params.lr_projection or backbone.lr_projection
-        return {"encoder": lr_enc, "projection": lr_proj}, []
+        params = self.resolve_params(params, backbone)
+        return {"encoder": params.lr_encoder, "projection": params.lr_projection}, []
 
     # ---- shared -----------------------------------------------------------------------------------
     def default_params(self, dataset_name: str) -> EvalParams:
+        """The published setting, or the embedded datasets' CPU setting; ``None`` fields are resolved later."""
         from ..data import EMBEDDED
 
         params = EvalParams()
         if dataset_name in EMBEDDED:
             params = apply_overrides(params, EMBEDDED_DEFAULTS)
         return params
+
+    def resolve_params(self, params: EvalParams, backbone: Backbone) -> EvalParams:
+        """Fill every ``None`` from the backbone and the epochs, so identities hold the values actually used."""
+        return dataclasses.replace(
+            params,
+            lr_encoder=backbone.lr_encoder if params.lr_encoder is None else params.lr_encoder,
+            lr_projection=backbone.lr_projection if params.lr_projection is None else params.lr_projection,
+            lr_decay_epoch=max(1, params.epochs // 2) if params.lr_decay_epoch is None else params.lr_decay_epoch,
+        )
+
+    def identity(self, params: EvalParams) -> dict:
+        """The parameters that define this protocol's result (resolved, active, read by this protocol)."""
+        return {k: v for k, v in identity_dict(params).items() if k not in self.inactive_params}
+
+    def variant(self, params: EvalParams, defaults: EvalParams, derived: set[str] | frozenset[str] = frozenset()) -> str:
+        """How an evaluation differs from this protocol's defaults (both resolved), e.g. ``epochs=2``."""
+        label = variant_label(params, defaults, derived)
+        return ",".join(item for item in label.split(",") if item and item.split("=", 1)[0] not in self.inactive_params)
 
     def check_compatible(self, distilled: DistilledSet, backbone: Backbone) -> None:
         if distilled.text_kind not in self.accepts:
@@ -128,7 +145,7 @@ class Protocol:
 
     def evaluate(self, distilled: DistilledSet, dataset: Dataset, backbone: Backbone, params: EvalParams,
                  seed: int, device: torch.device, cache_dir, progress: ProgressFn | None = None) -> EvalResult:
-        params.validate()
+        params = self.resolve_params(params, backbone)
         self.check_compatible(distilled, backbone)
         start = time.perf_counter()
         backbone.to(device)
@@ -171,7 +188,7 @@ class Protocol:
                   {"params": model.head_parameters(), "lr": lrs["projection"]}]
         opt = torch.optim.SGD([g for g in groups if g["params"]], momentum=params.momentum,
                               weight_decay=params.weight_decay)
-        decay = params.lr_decay_epoch or max(1, params.epochs // 2)
+        decay = params.lr_decay_epoch or max(1, params.epochs // 2)  # resolved by evaluate; direct callers may not
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[decay], gamma=0.1)
         gen = torch.Generator().manual_seed(seed)
         n = images.shape[0]
@@ -214,14 +231,3 @@ class Protocol:
         img = torch.nn.functional.normalize(torch.cat(feats), dim=-1)
         txt = torch.nn.functional.normalize(self.test_text_features(model, split, backbone, device, cache).float(), dim=-1)
         return retrieval_metrics(img @ txt.T, split.img2txt)
-
-
-@torch.no_grad()
-def encode_captions(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], backbone: Backbone,
-                    captions: list[str], device: torch.device, batch: int = 256) -> torch.Tensor:
-    """Run captions through ``encode(ids, mask)`` in batches (padding per batch)."""
-    out = []
-    for start in range(0, len(captions), batch):
-        ids, mask = backbone.tokenize(captions[start:start + batch])
-        out.append(encode(ids.to(device), mask.to(device)))
-    return torch.cat(out)

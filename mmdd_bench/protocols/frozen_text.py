@@ -7,9 +7,9 @@ import torch
 
 from ..data.splits import RetrievalSplit
 from ..distilled import DistilledSet
-from ..encoders.backbone import Backbone
+from ..encoders.backbone import Backbone, encode_captions
 from ..encoders.heads import DualEncoder
-from .base import EvalParams, Protocol, TextBatches, encode_captions
+from .base import EvalParams, Protocol, TextBatches
 
 
 @torch.no_grad()
@@ -48,5 +48,6 @@ class FrozenTextProtocol(Protocol):
         lrs, notes = super().learning_rates(distilled, backbone, params)
         if params.use_learned_lrs and {"lr_image", "lr_text"} <= distilled.extras.keys():
             lrs = {"encoder": float(distilled.extras["lr_image"]), "projection": float(distilled.extras["lr_text"])}
-            notes.append("used the learned step sizes carried by the distilled set (as MTT-VL's evaluation does)")
+            notes.append("used the learned step sizes carried by the distilled set: the image lr for the encoder, the text lr "
+                         "for the text projection (LoRS's evaluation)")
         return lrs, notes

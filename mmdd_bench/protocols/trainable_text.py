@@ -6,9 +6,9 @@ import torch
 
 from ..data.splits import RetrievalSplit
 from ..distilled import DistilledSet
-from ..encoders.backbone import Backbone
+from ..encoders.backbone import Backbone, encode_captions
 from ..encoders.heads import DualEncoder
-from .base import Protocol, TextBatches, encode_captions
+from .base import Protocol, TextBatches
 
 
 class TrainableTextProtocol(Protocol):
@@ -18,6 +18,7 @@ class TrainableTextProtocol(Protocol):
     text_trainable = True
     image_head = True
     description = "fresh pretrained image + text encoders, random projections, all trainable (CovMatch)"
+    inactive_params = frozenset({"use_learned_lrs"})  # students train every tower at the protocol's lrs
 
     def student_text(self, distilled: DistilledSet, backbone: Backbone, device: torch.device) -> TextBatches:
         if distilled.text_kind == "captions":

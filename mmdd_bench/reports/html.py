@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..records import RunRecord, atomic_write_text
+from .leaderboard import DETERMINISTIC_NOTE, MARKDOWN_COLUMNS, display_rows
+from .names import group_stem
 from .published import published_results
 
 STYLE = """
@@ -21,15 +23,17 @@ img{max-width:100%;border:1px solid #ddd;margin:4px 0}
 .note{color:#666;font-size:13px}
 """
 
-SHOWN = ["method", "variant", "eval_variant", "size", "n_seeds", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1",
-         "t2i_R@5", "t2i_R@10", "r_mean", "gain_vs_random"]
+def _escape(text: object) -> str:
+    """Text for a text node or a double-quoted attribute: every record field is untrusted."""
+    return html.escape(str(text), quote=True)
 
 
 def _table(part: pd.DataFrame) -> str:
-    shown = part.copy()
-    for m in ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_mean"]:
-        shown[m] = [f"{v:.2f} ± {s:.2f}" for v, s in zip(part[m], part[f"{m}_std"], strict=True)]
-    return shown[SHOWN].to_html(index=False, na_rep="", classes="leaderboard", escape=True)
+    """The leaderboard cells the Markdown shows, escaped."""
+    head = "".join(f"<th>{_escape(c)}</th>" for c in MARKDOWN_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{_escape(c)}</td>" for c in cells) + "</tr>" for cells in display_rows(part))
+    note = f"<p class=\"note\">{_escape(DETERMINISTIC_NOTE)}</p>" if part["deterministic"].any() else ""
+    return f"<table class=\"leaderboard\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
 def missing_published(board: pd.DataFrame) -> pd.DataFrame:
@@ -44,31 +48,33 @@ def missing_published(board: pd.DataFrame) -> pd.DataFrame:
 def write_page(results_dir: Path, board: pd.DataFrame, galleries: dict[tuple[str, str, str], Path],
                notes: list[str]) -> Path:
     out = results_dir / "index.html"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>mmdd-bench results</title>"
+    parts = ["<!doctype html><html><head><meta charset=\"utf-8\"><title>mmdd-bench results</title>"
              f"<style>{STYLE}</style></head><body>",
              "<h1>mmdd-bench results</h1>",
-             f"<p class='note'>Regenerated from {html.escape(str(results_dir / 'runs'))} by "
+             f"<p class=\"note\">Regenerated from {_escape(results_dir / 'runs')} by "
              f"<code>mmdd-bench report --html</code> at {datetime.now(UTC).isoformat(timespec='seconds')}. "
-             "Mean ± std over seeds; recall in percent. The embedded <code>shapes</code> dataset is a synthetic "
-             "sanity benchmark, not comparable with the papers' Flickr30K/COCO numbers.</p>"]
+             "Mean ± std over seeds (each seed: the mean over its students); 95% bootstrap intervals over seeds; the "
+             "gain over random is paired by seed and flagged <code>~ random</code> when its interval contains 0. "
+             "Recall in percent. The embedded <code>shapes</code> dataset is a synthetic sanity benchmark, not "
+             "comparable with the papers' Flickr30K/COCO numbers.</p>"]
     for (ds, bb, proto), part in board.groupby(["dataset", "backbone", "protocol"], sort=True):
-        stem = f"leaderboard/{ds}__{bb}__{proto}"
-        parts.append(f"<h2>{html.escape(ds)} / backbone {html.escape(bb)} / protocol {html.escape(proto)}</h2>")
+        stem = f"leaderboard/{group_stem(ds, bb, proto)}"
+        parts.append(f"<h2>{_escape(ds)} / backbone {_escape(bb)} / protocol {_escape(proto)}</h2>")
         parts.append(_table(part))
-        parts.append(f"<img src='{stem}__r_mean_vs_size.png' alt='mean recall against size, {html.escape(ds)}'>")
-        parts.append(f"<img src='{stem}__metrics.png' alt='per-metric recall, {html.escape(ds)}'>")
+        parts.append(f"<img src=\"{_escape(stem)}__r_mean_vs_size.png\" alt=\"mean recall against size, {_escape(ds)}\">")
+        parts.append(f"<img src=\"{_escape(stem)}__metrics.png\" alt=\"per-metric recall, {_escape(ds)}\">")
     if galleries:
         parts.append("<h2>Distilled sets</h2>")
         for (ds, bb, method), path in sorted(galleries.items()):
-            parts.append(f"<h3>{html.escape(method)} on {html.escape(ds)} ({html.escape(bb)})</h3>"
-                         f"<img src='{path.relative_to(results_dir)}' alt='gallery {html.escape(method)}'>")
+            parts.append(f"<h3>{_escape(method)} on {_escape(ds)} ({_escape(bb)})</h3>"
+                         f"<img src=\"{_escape(path.relative_to(results_dir).as_posix())}\" alt=\"gallery {_escape(method)}\">")
     missing = missing_published(board)
     parts.append("<h2>Published rows not measured here yet</h2>")
-    parts.append("<p class='note'>The paper setting (backbone <code>paper</code>, Flickr30K/COCO) needs GPUs and the "
+    parts.append("<p class=\"note\">The paper setting (backbone <code>paper</code>, Flickr30K/COCO) needs GPUs and the "
                  "datasets; these rows arrive when someone runs them.</p>")
     parts.append(missing.to_html(index=False, na_rep="", escape=True) if len(missing) else "<p>none</p>")
     for note in notes:
-        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+        parts.append(f"<p class=\"note\">{_escape(note)}</p>")
     # Lets a headless browser (and the tests) tell that every figure decoded: body[data-images="ok/total"].
     parts.append("<script>window.addEventListener('load',()=>{const i=[...document.images];"
                  "document.body.dataset.images=i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length;});</script>")

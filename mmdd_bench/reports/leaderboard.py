@@ -1,86 +1,145 @@
-"""Leaderboards: one row per (dataset, backbone, protocol, method, size), mean and std over seeds."""
+"""Leaderboards: one row per (dataset, backbone and its weights, splits, protocol, method, variant, settings,
+size), aggregated over **seeds**.
+
+A row averages one record per seed: when several records describe the same seed of the same row (a
+re-evaluation with ``mmdd-bench eval``, a rerun elsewhere), the newest is kept and the others are named in
+a warning, so ``n_seeds`` is what it says. Each seed's value is already a mean over its students. The std
+is over seeds and left empty below two seeds (never a fake 0). Uncertainty comes from ``stats``: a 95%
+bootstrap interval of ``r_mean`` and the paired gain over random with its interval; a row whose gain
+interval contains 0 is flagged ``~ random``.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
+import warnings
 
 import numpy as np
 import pandas as pd
 
 from ..metrics import METRIC_NAMES
-from ..records import RunRecord, atomic_write_text, canonical_id, read_records
+from ..records import RunRecord, canonical_id
+from .stats import indistinguishable, mean_interval, paired_gain
 
-# ``settings`` hashes the method version and every parameter that makes a result (method and protocol):
-# records made under different code defaults never merge into one row, even with the same label.
-KEY = ["dataset", "backbone", "protocol", "protocol_version", "eval_variant", "method", "variant", "settings", "size"]
-# Rows compared with random at the same size: same evaluation, random with its published defaults.
-BASE = ["dataset", "backbone", "protocol", "protocol_version", "eval_variant", "size"]
+# The columns a reader sees as a row's label; ``settings`` tells apart rows that share one.
+LABEL = ["dataset", "backbone", "protocol", "protocol_version", "eval_variant", "method", "variant", "size"]
+# ``settings`` hashes everything else a result depends on: the method version and every method and protocol
+# parameter, the backbone's weights and the splits, so rows made under different code defaults, weights or
+# data never merge.
+KEY = [*LABEL[:-1], "settings", "backbone_weights", "train_fingerprint", "test_fingerprint", "size"]
+# Rows compared with random at the same size: the same evaluation and data, random at its defaults.
+BASE = ["dataset", "backbone", "backbone_weights", "train_fingerprint", "test_fingerprint", "protocol",
+        "protocol_version", "eval_variant", "size"]
 # Evaluation overrides that cannot change how random's sets are scored (random carries no learned lrs), so
 # rows made with only these compare with random's default evaluation.
 NEUTRAL_FOR_RANDOM = {"use_learned_lrs"}
+NEAR_RANDOM = "~ random"
+
+COLUMNS = [*LABEL, "n_seeds"] + [c for m in METRIC_NAMES for c in (m, f"{m}_std")] + [
+    "gain_vs_random", "storage_bytes", "distill_s", "settings",
+    "r_mean_ci_low", "r_mean_ci_high", "gain_ci_low", "gain_ci_high", "vs_random", "deterministic", "n_pairs",
+    "budget_pairs", "backbone_weights", "train_fingerprint", "test_fingerprint"]
 
 
 def settings_id(record: RunRecord) -> str:
     return canonical_id({"method_version": record.method_version, "method_params": record.method_params,
-                         "protocol_params": record.protocol_params})[:8]
+                         "protocol_params": record.protocol_params, "backbone_weights": record.backbone_weights,
+                         "train": record.dataset_fingerprints.get("train"),
+                         "test": record.dataset_fingerprints.get("test")})[:8]
 
 
 def records_frame(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per usable record (ok, not a debug run, with metrics)."""
     rows = []
     for r in records:
         if r.status != "ok" or r.debug or not r.metrics.get("mean"):
             continue  # failed runs and debugging runs never enter a leaderboard
         row = {"dataset": r.dataset, "backbone": r.backbone, "protocol": r.protocol,
                "protocol_version": r.protocol_version, "eval_variant": r.eval_variant, "method": r.method,
-               "variant": r.variant, "settings": settings_id(r), "size": r.size, "seed": r.seed,
-               "storage_bytes": r.storage_bytes, "distill_s": r.timings.get("distill_s", np.nan)}
-        row.update({m: r.metrics["mean"][m] for m in METRIC_NAMES})
+               "variant": r.variant, "settings": settings_id(r), "backbone_weights": r.backbone_weights,
+               "train_fingerprint": r.dataset_fingerprints.get("train", ""),
+               "test_fingerprint": r.dataset_fingerprints.get("test", ""), "size": r.size, "seed": r.seed,
+               "run_id": r.run_id, "finished_utc": r.finished_utc, "deterministic": r.deterministic,
+               "storage_bytes": r.storage_bytes, "n_pairs": r.n_pairs, "budget_pairs": r.budget_pairs,
+               "distill_s": r.timings.get("distill_s", np.nan)}
+        row.update({m: r.metrics["mean"].get(m, np.nan) for m in METRIC_NAMES})
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*KEY, "seed", "storage_bytes", "distill_s", *METRIC_NAMES])
+    return pd.DataFrame(rows, columns=[*KEY, "seed", "run_id", "finished_utc", "deterministic", "storage_bytes",
+                                       "n_pairs", "budget_pairs", "distill_s", *METRIC_NAMES])
+
+
+def one_record_per_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep the newest record of each (row, seed); warn naming the files left out."""
+    if frame.empty:
+        return frame
+    frame = frame.sort_values(["finished_utc", "run_id"], kind="stable")
+    dup = frame.duplicated([*KEY, "seed"], keep="last")
+    if dup.any():
+        kept = frame[~dup].set_index([*KEY, "seed"])["run_id"]
+        for key, part in frame[dup].groupby([*KEY, "seed"], sort=True, dropna=False):
+            dropped = ", ".join(f"runs/{r}.json" for r in part["run_id"])
+            warnings.warn(f"{key[0]} {key[5]} N={key[-2]} seed {key[-1]}: several records of one seed; kept the newest "
+                          f"runs/{kept.loc[key]}.json, left out {dropped}", stacklevel=2)
+    return frame[~dup]
 
 
 def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per group: each metric's mean over seeds (each seed's value is already a mean over students) and
-    its sample std over seeds; ``gain_vs_random`` compares ``r_mean`` with random at the same size."""
-    columns = [*(c for c in KEY if c != "settings"), "n_seeds"] + [c for m in METRIC_NAMES for c in (m, f"{m}_std")] + [
-        "gain_vs_random", "storage_bytes", "distill_s", "settings"]  # settings last: earlier columns keep their place
+    """Per row: each metric's mean and sample std over seeds, intervals, and the gain over random."""
     if frame.empty:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=COLUMNS)
+    frame = one_record_per_seed(frame)
     grouped = frame.groupby(KEY, sort=True, dropna=False)
     out = grouped[METRIC_NAMES].mean()
-    std = grouped[METRIC_NAMES].std(ddof=1).fillna(0.0)
+    std = grouped[METRIC_NAMES].std(ddof=1)  # NaN below two seeds: no spread to report
     for m in METRIC_NAMES:
         out[f"{m}_std"] = std[m]
     out["n_seeds"] = grouped["seed"].nunique()
-    out["storage_bytes"] = grouped["storage_bytes"].mean()
-    out["distill_s"] = grouped["distill_s"].mean()
+    for column in ("storage_bytes", "n_pairs", "budget_pairs", "distill_s"):
+        out[column] = grouped[column].mean()
+    out["deterministic"] = grouped["deterministic"].any()
+    per_seed = grouped.apply(lambda g: dict(zip(g["seed"], g["r_mean"], strict=True)), include_groups=False)
+    intervals = [mean_interval(list(values.values())) for values in per_seed]
+    out["r_mean_ci_low"] = [lo for lo, _ in intervals]
+    out["r_mean_ci_high"] = [hi for _, hi in intervals]
     out = out.reset_index()
-    out["gain_vs_random"] = [row.r_mean - baseline for row, baseline in
-                             zip(out.itertuples(index=False), random_baselines(out), strict=True)]
+    per_seed = list(per_seed)
+    gains = [paired_gain(seeds, baseline) if baseline is not None else (math.nan, math.nan, math.nan)
+             for seeds, baseline in zip(per_seed, random_baselines(out, per_seed), strict=True)]
+    # Random against itself: a gain of 0 by definition, with no interval to speak of.
+    gains = [(g, math.nan, math.nan) if is_base else (g, lo, hi) for (g, lo, hi), is_base in
+             zip(gains, ((out["method"] == "random") & (out["variant"] == "")).tolist(), strict=True)]
+    out["gain_vs_random"] = [g for g, _, _ in gains]
+    out["gain_ci_low"] = [lo for _, lo, _ in gains]
+    out["gain_ci_high"] = [hi for _, _, hi in gains]
+    out["vs_random"] = [NEAR_RANDOM if method != "random" and indistinguishable(lo, hi) else ""
+                        for method, (_, lo, hi) in zip(out["method"], gains, strict=True)]
     out = out.sort_values(["dataset", "backbone", "protocol", "size", "r_mean"],
                           ascending=[True, True, True, True, False]).reset_index(drop=True)
-    return out[columns].round(2)
+    rounded = [c for c in COLUMNS if c in METRIC_NAMES or c.endswith(("_std", "_ci_low", "_ci_high"))
+               or c in ("gain_vs_random", "distill_s")]
+    out[rounded] = out[rounded].astype(float).round(2)
+    return out[COLUMNS]
 
 
-def random_baselines(board: pd.DataFrame) -> list[float]:
-    """Random's r_mean to compare each row with: same size and evaluation, random without overrides.
-
-    No baseline (NaN) when random has no such row, or when several random rows with different settings
-    would qualify (records from different code versions): a gain against an ambiguous baseline would lie.
-    """
-    is_random = (board["method"] == "random") & (board["variant"] == "")
-    by_base = board[is_random].groupby(BASE, dropna=False)["r_mean"]
-    table = {key: (values.iloc[0] if len(values) == 1 else np.nan) for key, values in by_base}
-    position = {name: i for i, name in enumerate(board.columns)}
-    baselines = []
-    for row in board.itertuples(index=False, name=None):
-        key = tuple(row[position[c]] for c in BASE)
-        eval_variant = row[position["eval_variant"]]
-        if key not in table and eval_variant:
-            names = {item.split("=", 1)[0] for item in eval_variant.split(",")}
+def random_baselines(board: pd.DataFrame, per_seed: list[dict[int, float]]) -> list[dict[int, float] | None]:
+    """Random's per-seed r_mean to compare each row with: same size, evaluation and data, random without
+    overrides. None when random has no such row, or when several random rows with different settings
+    would qualify (records from different code versions): a gain against an ambiguous baseline would lie."""
+    is_random = ((board["method"] == "random") & (board["variant"] == "")).tolist()
+    table: dict[tuple, list[dict[int, float]]] = {}
+    for i, row in enumerate(board[BASE].itertuples(index=False, name=None)):
+        if is_random[i]:
+            table.setdefault(row, []).append(per_seed[i])
+    eval_col = BASE.index("eval_variant")
+    baselines: list[dict[int, float] | None] = []
+    for row in board[BASE].itertuples(index=False, name=None):
+        key = row
+        if key not in table and row[eval_col]:
+            names = {item.split("=", 1)[0] for item in row[eval_col].split(",")}
             if names <= NEUTRAL_FOR_RANDOM:
-                key = tuple("" if c == "eval_variant" else row[position[c]] for c in BASE)
-        baselines.append(table.get(key, np.nan))
+                key = (*row[:eval_col], "", *row[eval_col + 1:])
+        found = table.get(key, [])
+        baselines.append(found[0] if len(found) == 1 else None)
     return baselines
 
 
@@ -88,32 +147,58 @@ def label_clashes(board: pd.DataFrame) -> list[bool]:
     """Rows whose visible label (method, variant, evaluation, size) is shared with a row of other settings."""
     if board.empty:
         return []
-    label = [c for c in KEY if c != "settings"]
-    return list(board.groupby(label, dropna=False)["settings"].transform("nunique") > 1)
+    return list(board.groupby(LABEL, dropna=False)["settings"].transform("nunique") > 1)
+
+
+def _number(value: float, fmt: str = "{:.2f}") -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+
+
+def metric_cell(mean: float, std: float) -> str:
+    """``12.34 ± 1.20``, or ``12.34`` alone when there is no std (one seed)."""
+    return _number(mean) if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def interval_cell(low: float, high: float) -> str:
+    return "" if math.isnan(low) or math.isnan(high) else f"[{low:.2f}, {high:.2f}]"
+
+
+def gain_cell(gain: float, low: float, high: float) -> str:
+    if math.isnan(gain):
+        return ""
+    return f"{gain:+.2f}" + (f" [{low:+.2f}, {high:+.2f}]" if not (math.isnan(low) or math.isnan(high)) else "")
+
+
+DETERMINISTIC_MARK = "†"
+DETERMINISTIC_NOTE = (f"{DETERMINISTIC_MARK} deterministic method: every seed selects the same set, so its spread "
+                      "is the students' alone, not the subset's.")
+MARKDOWN_COLUMNS = ["method", "variant", "eval_variant", "size", "n_seeds", "i2t_R@1", "i2t_R@5", "i2t_R@10",
+                    "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_mean", "r_mean 95% CI", "gain_vs_random [95% CI]", "vs_random"]
+
+
+def display_rows(board: pd.DataFrame) -> list[list[str]]:
+    """The leaderboard as text cells (Markdown and the page show the same thing)."""
+    rows = []
+    for (_, row), clash in zip(board.iterrows(), label_clashes(board), strict=True):
+        method = f"{row['method']} {DETERMINISTIC_MARK}" if row["deterministic"] else row["method"]
+        variant = f"{row['variant']} [settings {row['settings']}]".strip() if clash else row["variant"]
+        cells = [method, variant, row["eval_variant"], str(row["size"]), str(row["n_seeds"])]
+        cells += [metric_cell(row[m], row[f"{m}_std"]) for m in METRIC_NAMES]
+        cells += [interval_cell(row["r_mean_ci_low"], row["r_mean_ci_high"]),
+                  gain_cell(row["gain_vs_random"], row["gain_ci_low"], row["gain_ci_high"]), row["vs_random"]]
+        rows.append(cells)
+    return rows
 
 
 def to_markdown(board: pd.DataFrame) -> str:
-    cols = ["method", "variant", "eval_variant", "size", "n_seeds", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10",
-            "r_mean", "gain_vs_random"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for (_, row), clash in zip(board.iterrows(), label_clashes(board), strict=True):
-        cells = []
-        for c in cols:
-            v = row[c]
-            if c == "variant" and clash:  # same label, different settings: show which
-                cells.append(f"{v} [settings {row['settings']}]".strip())
-                continue
-            if c in METRIC_NAMES:
-                cells.append(f"{v:.2f} ± {row[c + '_std']:.2f}")
-            elif isinstance(v, float):
-                cells.append("" if np.isnan(v) else f"{v:+.2f}" if c == "gain_vs_random" else f"{v:.2f}")
-            else:
-                cells.append(str(v))
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in display_rows(board)]
+    if board["deterministic"].any():
+        lines += ["", DETERMINISTIC_NOTE]
     return "\n".join(lines) + "\n"
 
 
-def published_markdown(published) -> str:
+def published_markdown(published: pd.DataFrame) -> str:
     if published.empty:
         return ""
     lines = ["", "## Published (paper setting, for reference; not measured here)", "",
@@ -124,27 +209,5 @@ def published_markdown(published) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboards(results_dir: Path, plots: bool = True) -> list[Path]:
-    """Regenerate ``<results>/leaderboard/``: ``leaderboard.csv`` with every group, and per
-    (dataset, backbone, protocol) a CSV, a Markdown table (published numbers beside, labelled) and
-    figures (``r_mean`` against size; per-metric bars at the largest size)."""
-    from .plots import metric_bars, recall_vs_size
-    from .published import published_for
-
-    results_dir = Path(results_dir)
-    board = leaderboard(records_frame(read_records(results_dir)))
-    out_dir = results_dir / "leaderboard"
-    written = [out_dir / "leaderboard.csv"]
-    atomic_write_text(written[0], board.to_csv(index=False))
-    for (ds, bb, proto), part in board.groupby(["dataset", "backbone", "protocol"], sort=True):
-        stem = out_dir / f"{ds}__{bb}__{proto}"
-        atomic_write_text(stem.with_suffix(".csv"), part.to_csv(index=False))
-        title = f"# {ds} / backbone {bb} / protocol {proto}\n\nmean ± std over seeds; recall in percent.\n\n"
-        atomic_write_text(stem.with_suffix(".md"), title + to_markdown(part) + published_markdown(published_for(ds, bb, proto)))
-        written += [stem.with_suffix(".csv"), stem.with_suffix(".md")]
-        if plots:
-            written += recall_vs_size(part, ds, bb, proto, out_dir / f"{ds}__{bb}__{proto}__r_mean_vs_size")
-            methods_per_size = part.groupby("size")["method"].nunique()
-            compared = methods_per_size[methods_per_size == methods_per_size.max()].index.max()  # most methods
-            written += metric_bars(part, int(compared), f"{ds} / {bb} / {proto}", out_dir / f"{ds}__{bb}__{proto}__metrics")
-    return written
+__all__ = ["BASE", "COLUMNS", "KEY", "LABEL", "NEAR_RANDOM", "display_rows", "label_clashes", "leaderboard",
+           "one_record_per_seed", "published_markdown", "records_frame", "settings_id", "to_markdown"]

@@ -1,5 +1,6 @@
-"""Figures from a leaderboard: mean recall against size per method (error bars = std over seeds), with
-published curves dashed beside measured ones; one figure per (dataset, backbone, protocol)."""
+"""Figures from a leaderboard: mean recall against size per method (error bars = std over seeds; none for
+a single seed), with published curves dashed beside measured ones; one figure per (dataset, backbone,
+protocol). Figures read a finished leaderboard and nothing reads them back."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .leaderboard import label_clashes  # noqa: E402
 from .published import published_for  # noqa: E402
 
 
 def _save(fig, stem: Path) -> list[Path]:
     out = []
     for ext in ("png", "svg"):
-        path = stem.with_suffix(f".{ext}")
+        path = stem.with_name(f"{stem.name}.{ext}")  # never with_suffix: a dot in a name is not a suffix
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{ext}")
         fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
         os.replace(tmp, path)
@@ -36,8 +38,6 @@ def series_name(method: str, variant: str, eval_variant: str, settings: str = ""
 
 
 def _with_series(board: pd.DataFrame) -> pd.DataFrame:
-    from .leaderboard import label_clashes
-
     board = board.copy()
     clash = label_clashes(board)
     board["series"] = [series_name(r.method, r.variant, r.eval_variant, r.settings if c else "")

@@ -1,0 +1,234 @@
+"""The planner: which cells a run holds, with which (resolved) parameters, under which identities.
+
+A cell is (dataset, method, size, seed) evaluated under one or more protocols: one distillation, one
+record per protocol. Everything a result depends on is resolved here, before any work: method and
+protocol defaults with every ``None`` filled from the backbone, the ``--set`` overrides type- and
+range-checked, each method's text kind checked against each protocol it is to be scored with. A plan
+that cannot run is refused with a usage error before anything is written.
+
+Identities hash only what can change a result (``params.identity_dict``), and a variant is labelled by
+how its resolved parameters differ from the resolved defaults, never by the flags that were typed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data.augment import RealAugment
+from .data.splits import Dataset
+from .encoders.backbone import Backbone
+from .errors import UsageError
+from .method import Method, get_method
+from .params import apply_overrides, check_ranges, identity_dict, unset_fields, variant_label
+from .protocols import PROTOCOLS, Protocol, get_protocol
+from .records import RecordSpec, canonical_id
+from .resources import Resources
+
+EVAL_SCOPE = "eval"
+# A debugging run: a few iterations, one expert, one short student. Applied to whichever of these fields a
+# method's (or the protocol's) parameters have; the records say ``debug`` and leaderboards leave them out.
+DEBUG_LIMITS = {"iterations": 3, "num_experts": 1, "epochs": 2, "n_students": 1}
+
+
+@dataclass
+class RunConfig:
+    methods: list[str]
+    datasets: list[str]
+    sizes: list[int]
+    seeds: list[int]
+    results_dir: Path
+    cache_dir: Path
+    backbone: str | None = None
+    protocols: list[str] = field(default_factory=lambda: ["auto"])
+    data_root: str | None = None
+    device: str = "auto"
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    force: bool = False
+    retry_failed: bool = False  # run only evaluations whose last record failed
+    debug: bool = False  # smoke run under DEBUG_LIMITS: recorded, but never in a leaderboard
+    lock_timeout_s: float = 6 * 3600.0  # how long to wait for a distillation another process is doing
+
+    def __post_init__(self) -> None:
+        # Absolute paths: Ray workers and SLURM tasks may start in another working directory.
+        self.results_dir = Path(self.results_dir).expanduser().absolute()
+        self.cache_dir = Path(self.cache_dir).expanduser().absolute()
+        if not self.methods or not self.datasets or not self.sizes or not self.seeds:
+            raise UsageError("a run needs at least one method, dataset, size and seed")
+        bad = [s for s in self.seeds if s < 0]
+        if bad:
+            raise UsageError(f"--seeds must be >= 0 (numpy seeds are non-negative), got {bad}")
+
+
+def apply_debug_limits(params: Any) -> Any:
+    limited = {name: min(getattr(params, name), cap) for name, cap in DEBUG_LIMITS.items() if hasattr(params, name)}
+    return dataclasses.replace(params, **limited)
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    method: str
+    size: int
+    seed: int
+    protocols: tuple[str, ...]
+
+
+@dataclass
+class EvalPlan:
+    protocol: str
+    params: Any  # resolved EvalParams
+    spec: RecordSpec
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+
+@dataclass
+class CellPlan:
+    cell: Cell
+    params: Any  # resolved method parameters
+    distill_spec: dict
+    distill_id: str
+    evals: list[EvalPlan]
+
+
+class Planner:
+    def __init__(self, config: RunConfig, resources: Resources) -> None:
+        self.config = config
+        self.resources = resources
+        self.methods: dict[str, Method] = {m: get_method(m) for m in dict.fromkeys(config.methods)}
+        for scope in config.overrides:
+            if scope != EVAL_SCOPE and scope not in self.methods:
+                raise UsageError(f"--set {scope}.*: {scope!r} is neither a method in this run "
+                                 f"({', '.join(self.methods)}) nor 'eval'.")
+        for name in config.protocols:
+            if name != "auto":
+                PROTOCOLS.get(name)
+
+    # ---- parameters --------------------------------------------------------------------------------
+    def raw_method_params(self, method: Method, size: int, dataset: str, *, overrides: bool = True):
+        """Defaults plus overrides, before resolution (``None`` still means "derive it")."""
+        params = method.default_params(size, dataset)
+        if overrides:
+            params = apply_overrides(params, self.config.overrides.get(method.name, {}), scope=method.name)
+        return apply_debug_limits(params) if self.config.debug else params
+
+    def method_params(self, method: Method, size: int, dataset: str, backbone: Backbone, *, overrides: bool = True):
+        params = method.resolve_params(self.raw_method_params(method, size, dataset, overrides=overrides), backbone)
+        check_ranges(params, method.name)
+        return params
+
+    def raw_eval_params(self, protocol: Protocol, dataset: str, *, overrides: bool = True):
+        params = protocol.default_params(dataset)
+        if overrides:
+            params = apply_overrides(params, self.config.overrides.get(EVAL_SCOPE, {}), scope=EVAL_SCOPE)
+        return apply_debug_limits(params) if self.config.debug else params
+
+    def eval_params(self, protocol: Protocol, dataset: str, backbone: Backbone, *, overrides: bool = True):
+        params = protocol.resolve_params(self.raw_eval_params(protocol, dataset, overrides=overrides), backbone)
+        check_ranges(params, EVAL_SCOPE)
+        return params
+
+    # ---- the grid ----------------------------------------------------------------------------------
+    def plan(self) -> list[Cell]:
+        """Every cell of the run, after checking sizes, parameters and method x protocol pairs."""
+        cells = []
+        for ds_name in dict.fromkeys(self.config.datasets):
+            ds = self.resources.dataset(ds_name)
+            bb = self.resources.backbone_for(ds)
+            n_images = len(ds.train.image_paths)
+            for size in self.config.sizes:
+                if size < 1 or size > n_images:
+                    raise UsageError(f"size {size} is outside 1..{n_images}, the number of train images of {ds_name}.")
+            for protocol_name in (p for p in self.config.protocols if p != "auto"):
+                self.eval_params(get_protocol(protocol_name), ds_name, bb)  # type and range errors now
+            for method in self.methods.values():
+                for size in dict.fromkeys(self.config.sizes):
+                    params = self.method_params(method, size, ds_name, bb)
+                    own = method.protocol_for(params)
+                    protocols = tuple(dict.fromkeys(own if p == "auto" else p for p in self.config.protocols))
+                    kind = method.text_kind(params)
+                    for name in protocols:
+                        accepts = PROTOCOLS.get(name).accepts
+                        if kind not in accepts:
+                            raise UsageError(
+                                f"{method.name} (N={size}) makes sets with {kind} text, which protocol {name!r} cannot "
+                                f"read (it reads {', '.join(accepts)}). Score it under --protocol auto or one of: "
+                                f"{', '.join(n for n in PROTOCOLS.names() if kind in PROTOCOLS.get(n).accepts)}.")
+                    self.eval_params(get_protocol(own), ds_name, bb)
+                    for seed in dict.fromkeys(self.config.seeds):
+                        cells.append(Cell(ds_name, method.name, size, seed, protocols))
+        return cells
+
+    def cell_plan(self, cell: Cell) -> CellPlan:
+        ds = self.resources.dataset(cell.dataset)
+        bb = self.resources.backbone_for(ds)
+        method = self.methods[cell.method]
+        params = self.method_params(method, cell.size, cell.dataset, bb)
+        defaults = self.method_params(method, cell.size, cell.dataset, bb, overrides=False)
+        method_identity = identity_dict(params)
+        distill_spec = distill_identity(ds, bb, method, method_identity, cell.size, cell.seed, self.config.debug)
+        distill_id = canonical_id(distill_spec)
+        derived = unset_fields(self.raw_method_params(method, cell.size, cell.dataset),
+                               self.raw_method_params(method, cell.size, cell.dataset, overrides=False))
+        variant = variant_label(params, defaults, derived)
+        evals = []
+        for name in cell.protocols:
+            protocol = get_protocol(name)
+            eval_params = self.eval_params(protocol, cell.dataset, bb)
+            eval_defaults = self.eval_params(protocol, cell.dataset, bb, overrides=False)
+            eval_derived = unset_fields(self.raw_eval_params(protocol, cell.dataset),
+                                        self.raw_eval_params(protocol, cell.dataset, overrides=False))
+            spec = evaluation_identity(distill_spec, ds, protocol, eval_params)
+            evals.append(EvalPlan(name, eval_params, RecordSpec(
+                run_id=canonical_id(spec), distill_id=distill_id, dataset=cell.dataset,
+                dataset_fingerprints=fingerprints(ds), method=method.name, method_version=method.version,
+                method_params=method_identity, size=cell.size, seed=cell.seed, backbone=bb.name,
+                backbone_weights=bb.weights_id, protocol=name, protocol_version=protocol.version,
+                protocol_params=protocol.identity(eval_params), variant=variant,
+                eval_variant=protocol.variant(eval_params, eval_defaults, eval_derived),
+                eval_seeds=student_seeds(cell.seed, eval_params.n_students), debug=self.config.debug,
+                deterministic=method.deterministic, source="run", artifact=f"artifacts/{distill_id}")))
+        return CellPlan(cell, params, distill_spec, distill_id, evals)
+
+
+def fingerprints(ds: Dataset) -> dict[str, str]:
+    return {"train": ds.train.fingerprint, "val": ds.val.fingerprint, "test": ds.test.fingerprint}
+
+
+def student_seeds(seed: int, n_students: int) -> list[int]:
+    """The seeds of an evaluation's students (initialisation, batch order, dropout); see ``Protocol.evaluate``."""
+    return [seed * 1000 + k for k in range(n_students)]
+
+
+def distill_identity(ds: Dataset, bb: Backbone, method: Method, method_identity: dict, size: int, seed: int,
+                     debug: bool) -> dict:
+    """What a distilled set depends on: the training split, the method and its active parameters, the size,
+    the seed and the backbone's weights (and the augmentation, where the data is augmented)."""
+    spec = {"dataset": ds.name, "train": ds.train.fingerprint, "method": method.name, "method_version": method.version,
+            "method_params": method_identity, "size": size, "seed": seed, "backbone": bb.name,
+            "backbone_weights": bb.weights_id}
+    augment = RealAugment(ds, bb.image_size).identity
+    if augment is not None:  # real-data runs: the augmentation's version is part of the result
+        spec["augment"] = augment
+    if debug:  # never the same identity as a full run
+        spec["debug"] = True
+    return spec
+
+
+def evaluation_identity(distill_spec: dict, ds: Dataset, protocol: Protocol, params: Any) -> dict:
+    """A distilled set's identity plus how it is scored: the test split, the protocol, its version and active
+    parameters, and the val split only when it selects the epoch."""
+    spec = {**distill_spec, "test": ds.test.fingerprint, "protocol": protocol.name,
+            "protocol_version": protocol.version, "protocol_params": protocol.identity(params)}
+    if params.selection == "val":
+        spec["val"] = ds.val.fingerprint
+    return spec
+
+
+__all__ = ["Cell", "CellPlan", "DEBUG_LIMITS", "EVAL_SCOPE", "EvalPlan", "Planner", "RunConfig", "apply_debug_limits",
+           "distill_identity", "evaluation_identity", "fingerprints", "student_seeds"]

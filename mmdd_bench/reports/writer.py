@@ -1,0 +1,88 @@
+"""Writes every report file from the records: leaderboard CSV/Markdown, figures, galleries and the page.
+File names come from ``names`` (record fields are untrusted); every path stays inside its folder."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from ..errors import MMDDError
+from ..records import RunRecord, atomic_write_text, read_records
+from .leaderboard import leaderboard, published_markdown, records_frame, to_markdown
+from .names import confined, group_stem
+from .published import published_for
+
+
+def write_leaderboards(results_dir: Path, plots: bool = True, records: list[RunRecord] | None = None) -> list[Path]:
+    """Regenerate ``<results>/leaderboard/``: ``leaderboard.csv`` with every row, and per (dataset, backbone,
+    protocol) a CSV, a Markdown table (published numbers beside, labelled) and figures (``r_mean`` against
+    size; per-metric bars at the size most methods share)."""
+    from .plots import metric_bars, recall_vs_size
+
+    results_dir = Path(results_dir)
+    board = leaderboard(records_frame(read_records(results_dir) if records is None else records))
+    out_dir = results_dir / "leaderboard"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [confined(out_dir, "leaderboard.csv")]
+    atomic_write_text(written[0], board.to_csv(index=False))
+    for (ds, bb, proto), part in board.groupby(["dataset", "backbone", "protocol"], sort=True):
+        stem = group_stem(ds, bb, proto)
+        csv, md = confined(out_dir, f"{stem}.csv"), confined(out_dir, f"{stem}.md")
+        atomic_write_text(csv, part.to_csv(index=False))
+        title = (f"# {ds} / backbone {bb} / protocol {proto}\n\nmean ± std over seeds (each seed: the mean over its "
+                 "students); 95% bootstrap intervals over seeds; gain vs random paired by seed; recall in percent.\n\n")
+        atomic_write_text(md, title + to_markdown(part) + published_markdown(published_for(ds, bb, proto)))
+        written += [csv, md]
+        if plots:
+            written += recall_vs_size(part, ds, bb, proto, confined(out_dir, f"{stem}__r_mean_vs_size"))
+            methods_per_size = part.groupby("size")["method"].nunique()
+            compared = methods_per_size[methods_per_size == methods_per_size.max()].index.max()  # most methods
+            written += metric_bars(part, int(compared), f"{ds} / {bb} / {proto}", confined(out_dir, f"{stem}__metrics"))
+    return written
+
+
+def gallery_artifact(results_dir: Path, record: RunRecord) -> Path | None:
+    """A record's saved set, only when it lies inside ``<results>/artifacts`` (records are untrusted)."""
+    if not record.artifact:
+        return None
+    path = (results_dir / record.artifact).resolve()
+    root = (results_dir / "artifacts").resolve()
+    return path if root in path.parents else None
+
+
+def write_reports(results_dir: Path, html: bool = False, data_root: str | None = None,
+                  cache_dir: Path | None = None) -> list[Path]:
+    """Leaderboards, and with ``html`` one gallery per (dataset, backbone, method) and ``<results>/index.html``."""
+    results_dir = Path(results_dir)
+    records = read_records(results_dir)
+    written = write_leaderboards(results_dir, records=records)
+    if not html:
+        return written
+    import torch
+
+    from .gallery import render_artifact
+    from .html import gallery_sources, write_page
+
+    galleries, notes = {}, []
+    gallery_dir = results_dir / "gallery"
+    gallery_dir.mkdir(parents=True, exist_ok=True)
+    for key, rec in gallery_sources(records).items():
+        artifact = gallery_artifact(results_dir, rec)
+        if artifact is None:
+            notes.append(f"no gallery for {' / '.join(key)}: its artifact is not under {results_dir / 'artifacts'}")
+            continue
+        out = confined(gallery_dir, f"{group_stem(*key)}.png")
+        try:
+            render_artifact(artifact, out, 12, data_root, cache_dir, torch.device("cpu"))
+            galleries[key] = out
+        except MMDDError as exc:
+            notes.append(f"no gallery for {' / '.join(key)}: {exc}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the leaderboards above already warned about the same records
+        board = leaderboard(records_frame(records))
+    written += [*galleries.values(), write_page(results_dir, board, galleries, notes)]
+    return written
+
+
+__all__ = ["write_leaderboards", "write_reports"]
+

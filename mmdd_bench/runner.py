@@ -1,0 +1,263 @@
+"""The runner: distils and evaluates the planned cells under locks, and writes one record per evaluation.
+
+Concurrency: each *evaluation* holds its own lock, so two runs with different protocol lists on one
+results folder each do their own evaluations; the *distillation* a cell needs is done by whichever process
+takes its lock first, and the others wait for it (up to ``RunConfig.lock_timeout_s``) and reuse the saved
+set. An evaluation another process holds is skipped and counted; ``RunSummary.missing`` lists every planned
+evaluation that has no ok record at the end, so a caller can tell a complete run from a partial one.
+
+Resume: an evaluation with an ok record is skipped, a saved set is re-evaluated rather than distilled
+again (after checking that its metadata is this cell's), and a killed distillation continues from its last
+checkpoint (``--force`` clears the checkpoint and the saved set first).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from filelock import Timeout
+
+from .data.splits import SplitAccessError
+from .distilled import DistilledSet, check_budget
+from .errors import DataError, MMDDError
+from .memory import PeakMemory
+from .method import DistillContext
+from .plan import Cell, CellPlan, EvalPlan, Planner, RunConfig
+from .progress import ProgressFn
+from .protocols import get_protocol
+from .records import RunRecord, build_record, utc_now
+from .resources import Resources, resolve_device, shard_from_environment
+from .store import ResultsStore
+
+
+@dataclass
+class CellOutcome:
+    records: list[RunRecord] = field(default_factory=list)  # written or found ok, one per evaluation handled
+    busy: list[str] = field(default_factory=list)  # run ids another process holds (or whose set it holds)
+    refused: list[str] = field(default_factory=list)  # run ids whose record file cannot be replaced
+
+
+@dataclass
+class RunSummary:
+    records: list[RunRecord]
+    planned: list[str]  # the run ids this process was responsible for
+    busy: list[str]
+    refused: list[str]
+    missing: list[str]  # planned run ids without an ok record at the end
+
+    @property
+    def failed(self) -> list[RunRecord]:
+        return [r for r in self.records if r.status != "ok"]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and not self.failed
+
+
+class Runner:
+    def __init__(self, config: RunConfig, log: Callable[[str], None] = lambda s: None,
+                 progress: ProgressFn | None = None) -> None:
+        self.config = config
+        self.log = log
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self.store = ResultsStore(config.results_dir)
+        self.resources = Resources(config.data_root, config.cache_dir, config.backbone, log)
+        self.planner = Planner(config, self.resources)
+
+    def plan(self) -> list[Cell]:
+        return self.planner.plan()
+
+    def shard(self, cells: list[Cell]) -> list[Cell]:
+        rank, world = shard_from_environment()
+        if world > 1:  # every process plans the same grid and takes every world-th cell
+            cells = cells[rank::world]
+            self.log(f"shard {rank}/{world}: {len(cells)} cells")
+        return cells
+
+    def run(self, on_record: Callable[[RunRecord], None] = lambda r: None) -> RunSummary:
+        cells = self.shard(self.plan())
+        self.store.remove_orphans()
+        records, refused, planned, waiting = [], [], [], []
+        for i, cell in enumerate(cells, 1):
+            self.log(f"[{i}/{len(cells)}] {cell.dataset} {cell.method} N={cell.size} seed={cell.seed}")
+            plan = self.planner.cell_plan(cell)
+            planned += [e.run_id for e in self.responsible(plan)]
+            outcome = self.run_cell(cell, plan)
+            records += outcome.records
+            refused += outcome.refused
+            if outcome.busy:
+                waiting.append((cell, plan))
+            for rec in outcome.records:
+                on_record(rec)
+        # Second pass: what other processes held. Wait for them (up to the lock timeout), take the records
+        # they wrote, and do what a process that died left undone.
+        busy = []
+        for cell, plan in waiting:
+            self.log(f"waiting for {cell.dataset} {cell.method} N={cell.size} seed={cell.seed}, held by another process")
+            outcome = self.run_cell(cell, plan, wait=True)
+            records += outcome.records
+            busy += outcome.busy
+            for rec in outcome.records:
+                on_record(rec)
+        missing = [run_id for run_id in planned if self.store.record_state(run_id).state != "ok"]
+        unique = list({r.run_id: r for r in records}.values())  # the second pass sees first-pass records again
+        return RunSummary(unique, planned, busy, refused, missing)
+
+    def responsible(self, plan: CellPlan) -> list[EvalPlan]:
+        """The evaluations this run answers for: all of them, or under --retry-failed those that failed."""
+        if not self.config.retry_failed:
+            return plan.evals
+        return [e for e in plan.evals if self.store.record_state(e.run_id).state == "failed"]
+
+    # ---- one cell ----------------------------------------------------------------------------------
+    def run_cell(self, cell: Cell, plan: CellPlan | None = None, wait: bool = False) -> CellOutcome:
+        """Do the cell's evaluations that need doing. An evaluation another process holds is skipped
+        (``wait=False``) or waited for up to the lock timeout (``wait=True``), then done here if still needed."""
+        plan = plan or self.planner.cell_plan(cell)
+        outcome = CellOutcome()
+        todo = []
+        for ev in self.responsible(plan):
+            state = self.store.record_state(ev.run_id)
+            if not state.writable:
+                self.log(f"  {ev.protocol}: {state.problem}; left as it is")
+                outcome.refused.append(ev.run_id)
+            elif state.state == "ok" and not self.config.force:
+                self.log(f"  {ev.protocol}: done already ({ev.run_id}.json), skipping")
+                outcome.records.append(state.record)
+            else:
+                todo.append(ev)
+        held = []
+        try:
+            for ev in todo:
+                lock = self.store.lock(ev.run_id, "eval")
+                try:
+                    lock.acquire(timeout=self.config.lock_timeout_s if wait else 0)
+                except Timeout:
+                    self.log(f"  {ev.protocol}: another process is evaluating this; "
+                             + ("gave up waiting" if wait else "leaving it to that process for now"))
+                    outcome.busy.append(ev.run_id)
+                    continue
+                state = self.store.record_state(ev.run_id)  # the holder may have finished it meanwhile
+                if state.state == "ok" and (wait or not self.config.force):
+                    lock.release()
+                    outcome.records.append(state.record)
+                    continue
+                held.append((ev, lock))
+            if held:
+                self._distill_and_evaluate(plan, [ev for ev, _ in held], outcome)
+        finally:
+            for _, lock in held:
+                lock.release()
+        return outcome
+
+    def _distill_and_evaluate(self, plan: CellPlan, evals: list[EvalPlan], outcome: CellOutcome) -> None:
+        cell = plan.cell
+        ds = self.resources.dataset(cell.dataset)
+        bb = self.resources.backbone_for(ds)
+        started = utc_now()
+        try:
+            distilled, timings, memory = self._distilled_set(plan)
+        except Timeout:
+            self.log(f"  timed out after {self.config.lock_timeout_s:.0f} s waiting for another process's distillation")
+            outcome.busy += [ev.run_id for ev in evals]
+            return
+        except MMDDError:
+            raise  # bad data, weights or arguments: every cell would fail alike; stop with the message
+        except Exception as exc:  # a failing plugin is recorded, the grid goes on
+            self.log(f"  FAILED: {type(exc).__name__}: {exc}")
+            for ev in evals:
+                rec = build_record(ev.spec, status="failed", started=started, device=str(self.device), error=exc)
+                self.store.write_record(rec)
+                outcome.records.append(rec)
+            return
+        for ev in evals:
+            protocol = get_protocol(ev.protocol)
+            try:
+                with PeakMemory(self.device) as pm:
+                    result = protocol.evaluate(distilled, ds, bb, ev.params, cell.seed, self.device,
+                                               self.config.cache_dir, self.progress)
+            except MMDDError:
+                raise
+            except Exception as exc:
+                self.log(f"  {ev.protocol} FAILED: {type(exc).__name__}: {exc}")
+                rec = build_record(ev.spec, status="failed", started=started, device=str(self.device), error=exc,
+                                   distilled=distilled, timings=timings, memory=memory)
+            else:
+                rec = build_record(ev.spec, status="ok", started=started, device=str(self.device), result=result,
+                                   distilled=distilled, timings=timings,
+                                   memory={**memory, **{f"eval_{k}": v for k, v in pm.result().items()}})
+            self.store.write_record(rec)
+            outcome.records.append(rec)
+
+    def _distilled_set(self, plan: CellPlan) -> tuple[DistilledSet, dict, dict]:
+        """The cell's set: the saved one when it is this cell's, else distilled here under the cell's
+        distillation lock (others wait for it)."""
+        path = self.store.artifact_path(plan.distill_id)
+        with self.store.lock(plan.distill_id, "distill").acquire(timeout=self.config.lock_timeout_s):
+            if path.with_suffix(".json").is_file() and not self.config.force:
+                distilled = self._saved_set(plan)
+                if distilled is not None:
+                    self.log(f"  reusing distilled set {path.name}")
+                    return (distilled, dict(distilled.meta.get("timings", {})),
+                            dict(distilled.meta.get("peak_memory_mb", {})))
+            if self.config.force:
+                self.store.clear_checkpoint(plan.distill_id)  # --force redoes the work, not its stale half
+            return self._distill(plan)
+
+    def _saved_set(self, plan: CellPlan) -> DistilledSet | None:
+        """A saved set, if it loads and its own metadata says it is this cell's; otherwise it is moved aside."""
+        path = self.store.artifact_path(plan.distill_id)
+        try:
+            distilled = DistilledSet.load(path)
+        except DataError as exc:
+            self.store.move_aside(path.with_suffix(".json"), f"unreadable distilled set ({exc})")
+            return None
+        expected = {"method": plan.cell.method, "dataset": plan.cell.dataset, "size": plan.cell.size,
+                    "seed": plan.cell.seed, "backbone": plan.distill_spec["backbone"],
+                    "backbone_weights": plan.distill_spec["backbone_weights"],
+                    "method_params": plan.distill_spec["method_params"]}
+        found = {k: distilled.meta.get(k) for k in expected}
+        if found != expected:
+            wrong = ", ".join(f"{k}={found[k]!r} (expected {v!r})" for k, v in expected.items() if found[k] != v)
+            self.store.move_aside(path.with_suffix(".json"), f"its metadata is not this cell's: {wrong}")
+            return None
+        return distilled
+
+    def _distill(self, plan: CellPlan) -> tuple[DistilledSet, dict, dict]:
+        cell = plan.cell
+        ds = self.resources.dataset(cell.dataset)
+        bb = self.resources.backbone_for(ds)
+        method = self.planner.methods[cell.method]
+        ctx = DistillContext(ds.train_view(), bb.to(self.device), cell.size, cell.seed, self.device,
+                             self.config.cache_dir, self.progress, checkpoint_dir=self.store.checkpoint_dir(plan.distill_id))
+        torch.manual_seed(cell.seed)
+        t0 = time.perf_counter()
+        try:
+            with PeakMemory(self.device) as pm:
+                distilled = method.distill(ctx, plan.params)
+        except SplitAccessError as exc:
+            raise RuntimeError(f"method {method.name!r} broke the plugin contract: {exc}") from exc
+        timings = {"distill_s": round(time.perf_counter() - t0, 3), **distilled.meta.pop("timings", {})}
+        memory = {f"distill_{k}": v for k, v in pm.result().items()}
+        if not isinstance(distilled, DistilledSet):
+            raise TypeError(f"method {method.name!r} returned {type(distilled).__name__}, not a DistilledSet")
+        check_budget(distilled, cell.size, method.name)
+        kind = method.text_kind(plan.params)
+        if distilled.text_kind != kind:
+            raise RuntimeError(f"method {method.name!r} declared {kind} text but returned {distilled.text_kind}")
+        distilled.meta.update({"method": method.name, "method_version": method.version, "dataset": cell.dataset,
+                               "size": cell.size, "seed": cell.seed, "backbone": bb.name,
+                               "backbone_weights": bb.weights_id, "method_params": plan.distill_spec["method_params"],
+                               "deterministic": method.deterministic, "timings": timings, "peak_memory_mb": memory,
+                               "image_mean": list(bb.mean), "image_std": list(bb.std)})
+        path = self.store.artifact_path(plan.distill_id)
+        distilled.save(path)
+        self.store.clear_checkpoint(plan.distill_id)  # the set supersedes it
+        return distilled, timings, memory
+
+
+__all__ = ["CellOutcome", "RunSummary", "Runner"]
