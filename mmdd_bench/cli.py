@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from .errors import MMDDError, UsageError
+from .errors import DataError, MMDDError, UsageError
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="prepare (embedded) or check (Flickr30K/COCO) a dataset")
     data.add_argument("dataset")
+    data.add_argument("--skip-images", action="store_true", help="check the JSON only, not every image header")
     data.add_argument("--data-root", default=None)
     data.add_argument("--cache-dir", type=Path, default=None)
     return parser
@@ -318,13 +319,25 @@ def cmd_experts(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import load_dataset
+    """Load a dataset and check it: the JSON, the images' headers (no bomb is decoded), leakage between
+    splits, duplicates and empty captions. Exit 2 when an image cannot be used."""
+    import warnings
 
-    ds = load_dataset(args.dataset, args.data_root, args.cache_dir)
+    from .data import load_dataset
+    from .data.validate import validate
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the same problems are in the report below
+        ds = load_dataset(args.dataset, args.data_root, args.cache_dir)
+    report = validate(ds, images=not args.skip_images)
     print(json.dumps({"dataset": ds.name, "root": str(ds.root),
                       "train": {"images": len(ds.train.image_paths), "pairs": ds.train.n_pairs},
                       "val": {"images": len(ds.val.image_paths), "captions": len(ds.val.captions)},
-                      "test": {"images": len(ds.test.image_paths), "captions": len(ds.test.captions)}}, indent=1))
+                      "test": {"images": len(ds.test.image_paths), "captions": len(ds.test.captions)},
+                      "warnings": report.warnings, "errors": report.errors}, indent=1))
+    if report.errors:
+        raise DataError(f"{ds.name} at {ds.root}: " + "; ".join(report.errors) + ". Replace or remove those files "
+                        "and their JSON entries.")
     return 0
 
 

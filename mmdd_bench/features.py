@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from filelock import FileLock
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .data.images import ImageStore
@@ -24,6 +27,17 @@ def train_features(split: TrainSplit, images: ImageStore, backbone: Backbone, de
     path = cache_dir / "features" / f"train-{key}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            try:
+                data = load_file(str(path))
+                if {"image", "text"} <= data.keys() and len(data["text"]) == split.n_pairs and len(data["image"]) == len(images):
+                    return data["image"], data["text"]
+                problem = "it does not hold this split's features"
+            except (SafetensorError, OSError) as exc:
+                problem = f"it cannot be read ({exc})"
+            bad = path.with_name(f"{path.name}.bad-{int(time.time())}")
+            os.replace(path, bad)
+            warnings.warn(f"feature cache {path}: {problem}; moved it to {bad.name}, recomputing", stacklevel=2)
         if not path.is_file():
             backbone.to(device)
             img = [backbone.image_encoder(images.batch(idx).to(device)).float().cpu()

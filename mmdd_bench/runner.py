@@ -80,6 +80,7 @@ class Runner:
 
     def run(self, on_record: Callable[[RunRecord], None] = lambda r: None) -> RunSummary:
         cells = self.shard(self.plan())
+        self.store.check_writable()
         self.store.remove_orphans()
         records, refused, planned, waiting = [], [], [], []
         for i, cell in enumerate(cells, 1):

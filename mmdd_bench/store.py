@@ -52,6 +52,17 @@ class ResultsStore:
         if self.root.exists() and not self.root.is_dir():
             raise UsageError(f"--results {self.root} is a file, not a folder; pass a folder (it is created if missing)")
 
+    def check_writable(self) -> None:
+        """Before any work: the folder exists (or can be made) and takes files."""
+        try:
+            self.runs.mkdir(parents=True, exist_ok=True)
+            probe = self.runs / f".write-probe-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise UsageError(f"cannot write to the results folder {self.root} ({exc.strerror or exc}); pass a writable "
+                             "--results folder") from None
+
     # ---- paths -------------------------------------------------------------------------------------
     @property
     def runs(self) -> Path:

@@ -5,14 +5,40 @@ from mmdd_bench.encoders import build_backbone
 from mmdd_bench.errors import UsageError, WeightsError
 
 
-def test_tiny_backbone_is_unimodally_pretrained_and_cached(tiny, cache_dir):
+def test_tiny_backbone_ships_its_pinned_image_encoder(tiny, cache_dir):
+    from mmdd_bench.encoders.tiny import PACKAGED_SHA256
+
     assert tiny.image_size == 32 and tiny.image_dim == 256 and tiny.text_dim == 384
-    assert "all-MiniLM-L6-v2" in tiny.weights_id
-    assert list((cache_dir / "weights").glob("tiny-convnet-*.safetensors"))
+    assert "all-MiniLM-L6-v2" in tiny.weights_id and PACKAGED_SHA256[:12] in tiny.weights_id
     again = build_backbone("tiny", cache_dir)
-    assert again.weights_id == tiny.weights_id  # reused from the cache, not retrained
+    assert again.weights_id == tiny.weights_id
     for k, v in again.image_encoder.state_dict().items():
         assert torch.equal(v, tiny.image_encoder.state_dict()[k])
+
+
+def test_tampered_packaged_weights_are_refused(monkeypatch, tmp_path):
+    import mmdd_bench.encoders.tiny as tiny_module
+
+    monkeypatch.setattr(tiny_module, "PACKAGED_SHA256", "0" * 64)
+    with pytest.raises(WeightsError, match="do not match their pinned sha256"):
+        tiny_module.packaged_image_encoder()
+
+
+def test_pretraining_fallback_repairs_a_corrupt_cached_file(monkeypatch, tmp_path):
+    """With MMDD_BENCH_TINY_PRETRAIN=1 the weights are pretrained into the cache; a corrupt cached file is moved
+    aside, named in a warning, and pretrained again (pretraining is replaced by a quick stand-in here)."""
+    import mmdd_bench.encoders.tiny as tiny_module
+
+    monkeypatch.setattr(tiny_module, "_pretrain", lambda seed: {k: v.contiguous() for k, v in
+                                                                tiny_module.TinyConvNet().state_dict().items()})
+    monkeypatch.setenv("MMDD_BENCH_TINY_PRETRAIN", "1")
+    bb = build_backbone("tiny", tmp_path)
+    (cached,) = (tmp_path / "weights").glob("tiny-convnet-*.safetensors")
+    assert cached.stem in bb.weights_id
+    cached.write_bytes(b"\x00" * 100)  # a truncated download, a full disk
+    with pytest.warns(UserWarning, match="cannot be loaded.*moved it to"):
+        again = build_backbone("tiny", tmp_path)
+    assert again.weights_id.startswith(cached.stem) and list((tmp_path / "weights").glob("*.bad-*"))
 
 
 def test_text_from_embeddings_equals_text_from_tokens(tiny):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from ..errors import DataError, UsageError
 from .karpathy import load_retrieval_split, load_train_split
 from .shapes import SHAPES_CONFIGS, ensure_generated
 from .splits import Dataset, RetrievalSplit, TrainSplit
+from .validate import structural_warnings
 
 # name -> (annotation file prefix, default backbone, description)
 DATASETS = {
@@ -45,7 +47,7 @@ def load_dataset(name: str, data_root: str | Path | None, cache_dir: Path) -> Da
     folder = dataset_dir(name, data_root, cache_dir)
     prefix, backbone, description = DATASETS[name]
     ann = folder / "annotations"
-    return Dataset(
+    ds = Dataset(
         name=name,
         root=folder,
         train=load_train_split(ann / f"{prefix}_train.json", folder),
@@ -56,6 +58,9 @@ def load_dataset(name: str, data_root: str | Path | None, cache_dir: Path) -> Da
         hflip=name not in EMBEDDED,
         info={"description": description},
     )
+    for problem in structural_warnings(ds):
+        warnings.warn(problem, stacklevel=2)
+    return ds
 
 
 __all__ = ["DATASETS", "Dataset", "RetrievalSplit", "SHAPES_CONFIGS", "TrainSplit", "load_dataset"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,12 @@ def _read_json(path: Path) -> list:
         )
     raw = path.read_bytes()
     try:
-        data = json.loads(raw)
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); re-download the Karpathy "
+                        "annotation file or convert it to UTF-8.") from None
+    except RecursionError:
+        raise DataError(f"{path} nests JSON too deeply to be an annotation file (a list of flat entries).") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON ({exc}); re-download the Karpathy annotation file.") from exc
     if not isinstance(data, list):
@@ -56,8 +62,26 @@ class ImageResolver:
     def __init__(self, dataset_dir: Path) -> None:
         self.dataset_dir = dataset_dir
         self._prefix_map: dict[str, str] = {}
+        self._real_folders: dict[Path, Path] = {}
 
     def __call__(self, rel: str) -> Path:
+        """The image file of a JSON path, confined to the dataset folder: no absolute paths, no ``..``, and a
+        symlinked *file* must resolve inside its image folder (a symlinked image *folder* is fine)."""
+        parts = Path(rel).parts
+        if not parts or Path(rel).is_absolute() or ".." in parts:
+            raise DataError(f"image path {rel!r} leaves the dataset folder {self.dataset_dir}; image paths must be "
+                            "relative to it, without '..'.")
+        path = self._resolve(rel)
+        folder = self.dataset_dir if len(parts) == 1 else self.dataset_dir / self._prefix_map[parts[0]]
+        if folder not in self._real_folders:
+            self._real_folders[folder] = folder.resolve()
+        real = Path(os.path.realpath(path))
+        if self._real_folders[folder] not in real.parents:
+            raise DataError(f"image {path} resolves to {real}, outside its folder {folder}; replace the symlink "
+                            "with the image file.")
+        return path
+
+    def _resolve(self, rel: str) -> Path:
         first, _, rest = rel.partition("/")
         if not rest:
             return self.dataset_dir / rel

@@ -32,8 +32,12 @@ def build_clip(name: str, cache_dir: Path) -> Backbone:
     model_name, _, tag = name.removeprefix("clip-").partition("@")
     if model_name not in open_clip.list_models():
         raise UsageError(f"unknown open_clip model {model_name!r}; see open_clip.list_models().")
+    # Build the architecture the weights were trained with: OpenAI's CLIP weights need QuickGELU, which
+    # open_clip's pretrained config says (``quick_gelu``) but ``create_model`` does not apply on its own.
+    quick_gelu = bool(open_clip.get_pretrained_cfg(model_name, tag).get("quick_gelu", False)) if tag else False
     try:
-        model = open_clip.create_model(model_name, pretrained=tag or None, cache_dir=str(cache_dir / "open_clip"))
+        model = open_clip.create_model(model_name, pretrained=tag or None, cache_dir=str(cache_dir / "open_clip"),
+                                       force_quick_gelu=quick_gelu)
     except Exception as exc:  # open_clip raises RuntimeError/OSError/hub errors when weights are absent
         raise WeightsError(f"cannot load open_clip {model_name} weights {tag!r} locally: {exc}") from exc
     if not hasattr(model, "token_embedding"):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
-from .backbone import Backbone, HFTokenizer
+from .backbone import Backbone, HFTokenizer, state_digest
 from .text import BertTextEncoder
 
 BERT_NAME = "bert-base-uncased"
@@ -33,11 +33,12 @@ def build_paper(cache_dir: Path, pretrained: bool = True, image_size: int = 224)
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(bert_source)
             text_model = transformers.AutoModel.from_pretrained(bert_source, add_pooling_layer=False)
-        except OSError as exc:
+        except Exception as exc:  # OSError when absent; ValueError/KeyError/... for a folder that is not a BERT
             raise WeightsError(
-                f"cannot load {bert_source!r} from local files ({exc.__class__.__name__}). Put bert-base-uncased in "
-                "the Hugging Face cache, or set MMDD_BENCH_BERT to a folder holding its config, tokenizer and weights."
-            ) from exc
+                f"cannot load {bert_source!r} from local files ({exc.__class__.__name__}: {str(exc)[:200]}). Put "
+                "bert-base-uncased in the Hugging Face cache, or set MMDD_BENCH_BERT to a folder holding its config, "
+                "tokenizer and weights."
+            ) from None
     else:
         # Architecture only (tests, cost benchmarks): BertConfig's defaults are bert-base-uncased's shape, and
         # all-MiniLM-L6-v2 ships the same uncased WordPiece vocabulary, so no download is needed.
@@ -68,5 +69,6 @@ def build_paper(cache_dir: Path, pretrained: bool = True, image_size: int = 224)
         tokenizer=HFTokenizer(tokenizer, MAX_TOKENS),
         image_size=image_size,
         image_dim=image.num_features,
-        weights_id=f"{NFNET_NAME}+{BERT_NAME}" if pretrained else "random",
+        # The weights themselves, hashed: two checkpoints never share an id in records and caches.
+        weights_id=f"{NFNET_NAME}+{BERT_NAME}-{state_digest(image, text_model)}" if pretrained else "random",
     )

