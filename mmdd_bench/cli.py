@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local: cells in this process (torchrun/SLURM ranks shard them); ray: one Ray task per cell")
     run.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     run.add_argument("--json", action="store_true", help="print the records as JSON lines instead of a table")
+    run.add_argument("--deterministic", action="store_true",
+                     help="torch's deterministic algorithms (bit-identical reruns and resumes on GPUs; CPUs need none)")
     run.add_argument("--lock-timeout", type=float, default=6 * 3600.0, metavar="SECONDS",
                      help="how long to wait for a distillation another process is doing (default 6 h)")
 
@@ -180,7 +182,8 @@ def cmd_run(args) -> int:
                        results_dir=args.results, cache_dir=args.cache_dir, backbone=args.backbone,
                        protocols=args.protocol, data_root=args.data_root, device=args.device,
                        overrides=parse_set_options(args.overrides), force=args.force,
-                       retry_failed=args.retry_failed, debug=args.debug, lock_timeout_s=args.lock_timeout)
+                       retry_failed=args.retry_failed, debug=args.debug, lock_timeout_s=args.lock_timeout,
+                       deterministic=args.deterministic)
     rank, world = shard_from_environment()
     lead = rank == 0  # under torchrun/SLURM only rank 0 draws progress bars and writes leaderboards
     log = _log(args.quiet)

@@ -19,7 +19,7 @@ from typing import Any
 
 from .data.augment import RealAugment
 from .data.splits import Dataset
-from .encoders.backbone import Backbone
+from .encoders import BackboneSpec
 from .errors import UsageError
 from .method import Method, get_method
 from .params import apply_overrides, check_ranges, identity_dict, unset_fields, variant_label
@@ -50,6 +50,7 @@ class RunConfig:
     retry_failed: bool = False  # run only evaluations whose last record failed
     debug: bool = False  # smoke run under DEBUG_LIMITS: recorded, but never in a leaderboard
     lock_timeout_s: float = 6 * 3600.0  # how long to wait for a distillation another process is doing
+    deterministic: bool = False  # torch's deterministic kernels (recorded in each record's environment)
 
     def __post_init__(self) -> None:
         # Absolute paths: Ray workers and SLURM tasks may start in another working directory.
@@ -117,7 +118,7 @@ class Planner:
             params = apply_overrides(params, self.config.overrides.get(method.name, {}), scope=method.name)
         return apply_debug_limits(params) if self.config.debug else params
 
-    def method_params(self, method: Method, size: int, dataset: str, backbone: Backbone, *, overrides: bool = True):
+    def method_params(self, method: Method, size: int, dataset: str, backbone: BackboneSpec, *, overrides: bool = True):
         params = method.resolve_params(self.raw_method_params(method, size, dataset, overrides=overrides), backbone)
         check_ranges(params, method.name)
         return params
@@ -128,7 +129,7 @@ class Planner:
             params = apply_overrides(params, self.config.overrides.get(EVAL_SCOPE, {}), scope=EVAL_SCOPE)
         return apply_debug_limits(params) if self.config.debug else params
 
-    def eval_params(self, protocol: Protocol, dataset: str, backbone: Backbone, *, overrides: bool = True):
+    def eval_params(self, protocol: Protocol, dataset: str, backbone: BackboneSpec, *, overrides: bool = True):
         params = protocol.resolve_params(self.raw_eval_params(protocol, dataset, overrides=overrides), backbone)
         check_ranges(params, EVAL_SCOPE)
         return params
@@ -139,7 +140,7 @@ class Planner:
         cells = []
         for ds_name in dict.fromkeys(self.config.datasets):
             ds = self.resources.dataset(ds_name)
-            bb = self.resources.backbone_for(ds)
+            bb = self.resources.spec_for(ds)
             n_images = len(ds.train.image_paths)
             for size in self.config.sizes:
                 if size < 1 or size > n_images:
@@ -166,7 +167,7 @@ class Planner:
 
     def cell_plan(self, cell: Cell) -> CellPlan:
         ds = self.resources.dataset(cell.dataset)
-        bb = self.resources.backbone_for(ds)
+        bb = self.resources.spec_for(ds)
         method = self.methods[cell.method]
         params = self.method_params(method, cell.size, cell.dataset, bb)
         defaults = self.method_params(method, cell.size, cell.dataset, bb, overrides=False)
@@ -205,7 +206,7 @@ def student_seeds(seed: int, n_students: int) -> list[int]:
     return [seed * 1000 + k for k in range(n_students)]
 
 
-def distill_identity(ds: Dataset, bb: Backbone, method: Method, method_identity: dict, size: int, seed: int,
+def distill_identity(ds: Dataset, bb: BackboneSpec, method: Method, method_identity: dict, size: int, seed: int,
                      debug: bool) -> dict:
     """What a distilled set depends on: the training split, the method and its active parameters, the size,
     the seed and the backbone's weights (and the augmentation, where the data is augmented)."""

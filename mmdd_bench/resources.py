@@ -14,7 +14,7 @@ import torch
 
 from .data import load_dataset
 from .data.splits import Dataset
-from .encoders import build_backbone
+from .encoders import BackboneSpec, build_backbone, describe_backbone
 from .encoders.backbone import Backbone
 from .errors import UsageError
 
@@ -77,6 +77,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def use_deterministic_algorithms() -> None:
+    """``--deterministic``: torch's deterministic kernels (an error, not a silent fallback, where an operation
+    has none), cuDNN without autotuning, and the cuBLAS workspace setting deterministic GEMMs need. On a CPU
+    runs are bit-identical without it; on a GPU a resumed or repeated run is bit-identical only with it."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 class Resources:
     """Datasets and backbones of one run, each loaded on first use and then shared by every cell."""
 
@@ -88,6 +98,7 @@ class Resources:
         self.log = log
         self._datasets: dict[str, Dataset] = {}
         self._backbones: dict[str, Backbone] = {}
+        self._specs: dict[str, BackboneSpec] = {}
 
     def dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
@@ -98,13 +109,27 @@ class Resources:
         return self.backbone_override or dataset.default_backbone
 
     def backbone(self, name: str) -> Backbone:
+        """The backbone itself (models loaded): only where a cell distils or evaluates."""
         if name not in self._backbones:
             self.log(f"building backbone {name!r}")
-            self._backbones[name] = build_backbone(name, self.cache_dir)
+            built = build_backbone(name, self.cache_dir)
+            spec = self.spec(name)
+            if built.weights_id != spec.weights_id:  # one definition of identity, or records would lie
+                raise RuntimeError(f"backbone {name!r} built with weights {built.weights_id}, planned as {spec.weights_id}")
+            self._backbones[name] = built
         return self._backbones[name]
+
+    def spec(self, name: str) -> BackboneSpec:
+        """The backbone's identity and defaults (no model loaded): what planning needs."""
+        if name not in self._specs:
+            self._specs[name] = describe_backbone(name, self.cache_dir)
+        return self._specs[name]
+
+    def spec_for(self, dataset: Dataset) -> BackboneSpec:
+        return self.spec(self.backbone_name(dataset))
 
     def backbone_for(self, dataset: Dataset) -> Backbone:
         return self.backbone(self.backbone_name(dataset))
 
 
-__all__ = ["Resources", "local_rank", "resolve_device", "shard_from_environment"]
+__all__ = ["Resources", "local_rank", "resolve_device", "shard_from_environment", "use_deterministic_algorithms"]

@@ -29,7 +29,7 @@ from .plan import Cell, CellPlan, EvalPlan, Planner, RunConfig
 from .progress import ProgressFn
 from .protocols import get_protocol
 from .records import RunRecord, build_record, utc_now
-from .resources import Resources, resolve_device, shard_from_environment
+from .resources import Resources, resolve_device, shard_from_environment, use_deterministic_algorithms
 from .store import ResultsStore
 
 
@@ -63,6 +63,8 @@ class Runner:
         self.config = config
         self.log = log
         self.progress = progress
+        if config.deterministic:
+            use_deterministic_algorithms()
         self.device = resolve_device(config.device)
         self.store = ResultsStore(config.results_dir)
         self.resources = Resources(config.data_root, config.cache_dir, config.backbone, log)

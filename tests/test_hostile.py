@@ -362,12 +362,23 @@ def test_openai_clip_weights_get_quick_gelu(monkeypatch, tmp_path):
     assert any(isinstance(m, QuickGELU) for m in bb.text_encoder.modules())
 
 
-def test_state_digest_tells_weights_apart():
-    from mmdd_bench.encoders.backbone import state_digest
+def test_paper_weights_id_hashes_the_weight_files(tmp_path, monkeypatch):
+    """Two checkpoints never share a weights id (records, experts and feature caches are keyed by it)."""
+    from mmdd_bench.encoders import describe_backbone
 
-    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    b.load_state_dict(a.state_dict())
-    assert state_digest(a) == state_digest(b)
-    with torch.no_grad():
-        b.weight[0, 0] += 1e-6
-    assert state_digest(a) != state_digest(b)
+    bert, nfnet = tmp_path / "bert", tmp_path / "nfnet.safetensors"
+    bert.mkdir()
+    (bert / "model.safetensors").write_bytes(b"bert weights")
+    nfnet.write_bytes(b"nfnet weights, checkpoint A")
+    monkeypatch.setenv("MMDD_BENCH_BERT", str(bert))
+    monkeypatch.setenv("MMDD_BENCH_NFNET_WEIGHTS", str(nfnet))
+    first = describe_backbone("paper", tmp_path / "cache").weights_id
+    assert first == describe_backbone("paper", tmp_path / "cache").weights_id
+    assert first.startswith("nfnet_l0-") and "+bert-base-uncased-" in first
+    nfnet.write_bytes(b"nfnet weights, checkpoint B")
+    os.utime(nfnet, ns=(nfnet.stat().st_atime_ns, nfnet.stat().st_mtime_ns + 10**9))
+    second = describe_backbone("paper", tmp_path / "cache").weights_id
+    assert second != first and second.split("+")[1] == first.split("+")[1]
+    (bert / "model.safetensors").unlink()
+    with pytest.raises(Exception, match="holds no model.safetensors"):
+        describe_backbone("paper", tmp_path / "cache")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .backbone import Backbone
+from .identity import BackboneSpec, describe_backbone
 
 BACKBONE_NAMES = {
     "paper": "nfnet_l0 (timm, ImageNet) + bert-base-uncased; the papers' setting (GPU)",
@@ -31,4 +32,4 @@ def build_backbone(name: str, cache_dir: Path, *, pretrained: bool = True, image
     raise UsageError(f"unknown backbone {name!r}; choose one of: paper, tiny, clip-<open_clip model>[@tag].")
 
 
-__all__ = ["BACKBONE_NAMES", "Backbone", "build_backbone"]
+__all__ = ["BACKBONE_NAMES", "Backbone", "BackboneSpec", "build_backbone", "describe_backbone"]

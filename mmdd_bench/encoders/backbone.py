@@ -85,21 +85,6 @@ class Backbone:
 
 
 @torch.no_grad()
-def state_digest(*modules: nn.Module) -> str:
-    """A short hash of the modules' weights (names, dtypes, shapes, bytes): two checkpoints that differ in
-    any weight get different ids in records, expert caches and feature caches."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for module in modules:
-        for name, tensor in module.state_dict().items():
-            tensor = tensor.detach().cpu().contiguous()
-            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()[:12]
-
-
-@torch.no_grad()
 def encode_captions(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], backbone: Backbone,
                     captions: Sequence[str], device: torch.device, batch: int = 256) -> torch.Tensor:
     """Run captions through ``encode(ids, mask)`` in batches (padding per batch)."""

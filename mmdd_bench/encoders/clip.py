@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import UsageError, WeightsError
 from .backbone import Backbone
+from .identity import BackboneSpec
 from .text import OpenCLIPTextEncoder
 
 
@@ -26,12 +27,32 @@ class _ImageTower(nn.Module):
         return self.visual(x)
 
 
-def build_clip(name: str, cache_dir: Path) -> Backbone:
+LR_ENCODER, LR_PROJECTION = 1e-5, 1e-3
+
+
+def _parse(name: str) -> tuple[str, str]:
     import open_clip
 
     model_name, _, tag = name.removeprefix("clip-").partition("@")
     if model_name not in open_clip.list_models():
         raise UsageError(f"unknown open_clip model {model_name!r}; see open_clip.list_models().")
+    return model_name, tag
+
+
+def describe_clip(name: str) -> BackboneSpec:
+    """The backbone's identity from open_clip's model config, without building the model."""
+    import open_clip
+
+    model_name, tag = _parse(name)
+    size = open_clip.get_model_config(model_name)["vision_cfg"].get("image_size", 224)
+    size = size[0] if isinstance(size, tuple | list) else int(size)
+    return BackboneSpec(name, f"{model_name}@{tag}" if tag else "random", size, LR_ENCODER, LR_PROJECTION)
+
+
+def build_clip(name: str, cache_dir: Path) -> Backbone:
+    import open_clip
+
+    model_name, tag = _parse(name)
     # Build the architecture the weights were trained with: OpenAI's CLIP weights need QuickGELU, which
     # open_clip's pretrained config says (``quick_gelu``) but ``create_model`` does not apply on its own.
     quick_gelu = bool(open_clip.get_pretrained_cfg(model_name, tag).get("quick_gelu", False)) if tag else False
@@ -65,6 +86,6 @@ def build_clip(name: str, cache_dir: Path) -> Backbone:
         weights_id=f"{model_name}@{tag}" if tag else "random",
         mean=mean,  # type: ignore[arg-type]
         std=std,  # type: ignore[arg-type]
-        lr_encoder=1e-5,
-        lr_projection=1e-3,
+        lr_encoder=LR_ENCODER,
+        lr_projection=LR_PROJECTION,
     )

