@@ -22,7 +22,7 @@ def real_set(mini, tiny, cache_dir, n=16):
 
 
 def test_protocols_are_registered_and_versioned():
-    assert PROTOCOLS.names() == ["frozen-text", "trainable-text"]
+    assert PROTOCOLS.names() == ["frozen-text", "frozen-text-mtt", "trainable-text"]
     for name in PROTOCOLS.names():
         p = get_protocol(name)
         assert p.version and p.accepts
@@ -102,3 +102,20 @@ def test_bad_eval_params_are_clear():
         apply_overrides(p.default_params("shapes"), {"epochs": "three"}, scope="eval")
     with pytest.raises(UsageError, match="selection"):
         apply_overrides(p.default_params("shapes"), {"selection": "test"}, scope="eval")
+
+
+def test_mtt_vl_protocol_is_its_published_schedule_with_one_learned_lr(tiny):
+    """MTT-VL's evaluate_synset: the learned image lr for both towers, 51 epochs, batch 64, no decay in effect."""
+    p = get_protocol("frozen-text-mtt")
+    paper = p.resolve_params(p.default_params("flickr30k"), tiny)
+    assert (paper.epochs, paper.batch_size, paper.lr_decay_epoch, paper.n_students) == (51, 64, 52, 5)
+    lors = get_protocol("frozen-text").resolve_params(get_protocol("frozen-text").default_params("flickr30k"), tiny)
+    assert (lors.epochs, lors.batch_size, lors.lr_decay_epoch) == (100, 128, 50)
+    d = DistilledSet(torch.zeros(2, 3, 32, 32), "captions", captions=["a", "b"],
+                     extras={"lr_image": torch.tensor(0.05), "lr_text": torch.tensor(0.3)})
+    lrs, notes = p.learning_rates(d, tiny, paper)
+    assert lrs == {"encoder": pytest.approx(0.05), "projection": pytest.approx(0.05)} and "MTT-VL" in notes[0]
+    lrs, _ = get_protocol("frozen-text").learning_rates(d, tiny, lors)
+    assert lrs == {"encoder": pytest.approx(0.05), "projection": pytest.approx(0.3)}  # LoRS's: one per tower
+    coreset = DistilledSet(torch.zeros(2, 3, 32, 32), "captions", captions=["a", "b"])
+    assert p.learning_rates(coreset, tiny, paper)[0] == {"encoder": tiny.lr_encoder, "projection": tiny.lr_projection}

@@ -6,6 +6,7 @@ from .base import EvalParams, EvalResult, Protocol
 PROTOCOLS: Registry[type[Protocol]] = Registry("protocol")
 PROTOCOLS.add_lazy("frozen-text", "mmdd_bench.protocols.frozen_text:FrozenTextProtocol")
 PROTOCOLS.add_lazy("trainable-text", "mmdd_bench.protocols.trainable_text:TrainableTextProtocol")
+PROTOCOLS.add_lazy("frozen-text-mtt", "mmdd_bench.protocols.frozen_text_mtt:FrozenTextMTTProtocol")
 
 
 def get_protocol(name: str) -> Protocol:
