@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 from test_records import make_record
@@ -151,3 +152,20 @@ def test_crafted_record_fields_never_write_outside_the_results_folder(tmp_path):
     names = {p.name for p in paths}
     assert "coco.v1__tiny__coco.v1.csv" in names and "coco.v2__tiny__coco.v2.csv" in names  # a dot is no suffix
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and results not in p.parents and p.parent != victim]
+
+
+def test_gain_at_equal_storage_interpolates_random_and_never_extrapolates():
+    """A set whose pairs cost 3x random's bytes is compared with random at 3x the pairs (interpolated in log size)."""
+    recs = [make_record(f"r{n}{s}", seed=s, size=n, storage_bytes=1000 * n, metrics=metrics(v))
+            for n, v in [(10, 10.0), (40, 30.0)] for s in range(2)]
+    recs += [make_record(f"c{s}", seed=s, method="covmatch", size=10, storage_bytes=20_000, metrics=metrics(25.0))
+             for s in range(2)]
+    recs += [make_record(f"big{s}", seed=s, method="mtt-vl", size=10, storage_bytes=80_000, metrics=metrics(40.0))
+             for s in range(2)]
+    board = leaderboard(records_frame(recs)).set_index("method")
+    cov = board.loc["covmatch"]
+    assert cov["pairs_equal_bytes"] == 20.0 and cov["random_equal_bytes"] == 20.0  # halfway in log size: 10 -> 40
+    assert cov["gain_equal_bytes"] == 5.0 and cov["gain_vs_random"] == 15.0
+    assert np.isnan(board.loc["mtt-vl", "random_equal_bytes"])  # 80 pairs: outside the measured 10..40
+    random_rows = board.loc["random"]
+    assert (random_rows["gain_equal_bytes"] == 0).all()

@@ -38,7 +38,8 @@ NEAR_RANDOM = "~ random"
 COLUMNS = [*LABEL, "n_seeds"] + [c for m in METRIC_NAMES for c in (m, f"{m}_std")] + [
     "gain_vs_random", "storage_bytes", "distill_s", "settings",
     "r_mean_ci_low", "r_mean_ci_high", "gain_ci_low", "gain_ci_high", "vs_random", "deterministic", "n_pairs",
-    "budget_pairs", "backbone_weights", "train_fingerprint", "test_fingerprint"]
+    "budget_pairs", "pairs_equal_bytes", "random_equal_bytes", "gain_equal_bytes",
+    "backbone_weights", "train_fingerprint", "test_fingerprint"]
 
 
 def settings_id(record: RunRecord) -> str:
@@ -113,10 +114,14 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     out["gain_ci_high"] = [hi for _, _, hi in gains]
     out["vs_random"] = [NEAR_RANDOM if method != "random" and indistinguishable(lo, hi) else ""
                         for method, (_, lo, hi) in zip(out["method"], gains, strict=True)]
+    equal = equal_bytes(out)
+    out["pairs_equal_bytes"] = [n for n, _ in equal]
+    out["random_equal_bytes"] = [r for _, r in equal]
+    out["gain_equal_bytes"] = out["r_mean"] - out["random_equal_bytes"]
     out = out.sort_values(["dataset", "backbone", "protocol", "size", "r_mean"],
                           ascending=[True, True, True, True, False]).reset_index(drop=True)
     rounded = [c for c in COLUMNS if c in METRIC_NAMES or c.endswith(("_std", "_ci_low", "_ci_high"))
-               or c in ("gain_vs_random", "distill_s")]
+               or c in ("gain_vs_random", "distill_s", "random_equal_bytes", "gain_equal_bytes")]
     out[rounded] = out[rounded].astype(float).round(2)
     return out[COLUMNS]
 
@@ -141,6 +146,35 @@ def random_baselines(board: pd.DataFrame, per_seed: list[dict[int, float]]) -> l
         found = table.get(key, [])
         baselines.append(found[0] if len(found) == 1 else None)
     return baselines
+
+
+def equal_bytes(board: pd.DataFrame) -> list[tuple[float, float]]:
+    """For each row: the number of random pairs that cost as many bytes as its set, and random's r_mean there
+    (interpolated linearly in log size between the random sizes measured under the same evaluation and data;
+    none outside them: no extrapolation). Pairs differ in cost by text kind (captions are a few bytes, token
+    embeddings kilobytes) and by what a set stores besides its pairs, so this compares at equal storage."""
+    base = [c for c in BASE if c != "size"]
+    randoms = board[(board["method"] == "random") & (board["variant"] == "")]
+    curves: dict[tuple, tuple[np.ndarray, np.ndarray, float]] = {}
+    for key, part in randoms.groupby(base, dropna=False):
+        part = part.sort_values("size")
+        if part["settings"].nunique() > 1 or part["storage_bytes"].isna().any():
+            continue  # ambiguous or unmeasured baseline: no comparison rather than a wrong one
+        per_pair = float((part["storage_bytes"] / part["size"]).mean())
+        curves[key if isinstance(key, tuple) else (key,)] = (np.log(part["size"].to_numpy(float)),
+                                                             part["r_mean"].to_numpy(float), per_pair)
+    out = []
+    for row in board.itertuples(index=False):
+        key = tuple(getattr(row, c) for c in base)
+        if key not in curves or not row.storage_bytes or math.isnan(row.storage_bytes):
+            out.append((math.nan, math.nan))
+            continue
+        log_sizes, recalls, per_pair = curves[key]
+        pairs = row.storage_bytes / per_pair
+        at = math.log(pairs)
+        inside = log_sizes[0] - 1e-9 <= at <= log_sizes[-1] + 1e-9
+        out.append((round(pairs, 1), float(np.interp(at, log_sizes, recalls)) if inside else math.nan))
+    return out
 
 
 def label_clashes(board: pd.DataFrame) -> list[bool]:
@@ -173,7 +207,8 @@ DETERMINISTIC_MARK = "†"
 DETERMINISTIC_NOTE = (f"{DETERMINISTIC_MARK} deterministic method: every seed selects the same set, so its spread "
                       "is the students' alone, not the subset's.")
 MARKDOWN_COLUMNS = ["method", "variant", "eval_variant", "size", "n_seeds", "i2t_R@1", "i2t_R@5", "i2t_R@10",
-                    "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_mean", "r_mean 95% CI", "gain_vs_random [95% CI]", "vs_random"]
+                    "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_mean", "r_mean 95% CI", "gain_vs_random [95% CI]", "vs_random",
+                    "KiB", "gain at equal bytes (random pairs)"]
 
 
 def display_rows(board: pd.DataFrame) -> list[list[str]]:
@@ -185,7 +220,10 @@ def display_rows(board: pd.DataFrame) -> list[list[str]]:
         cells = [method, variant, row["eval_variant"], str(row["size"]), str(row["n_seeds"])]
         cells += [metric_cell(row[m], row[f"{m}_std"]) for m in METRIC_NAMES]
         cells += [interval_cell(row["r_mean_ci_low"], row["r_mean_ci_high"]),
-                  gain_cell(row["gain_vs_random"], row["gain_ci_low"], row["gain_ci_high"]), row["vs_random"]]
+                  gain_cell(row["gain_vs_random"], row["gain_ci_low"], row["gain_ci_high"]), row["vs_random"],
+                  _number(row["storage_bytes"] / 1024, "{:.0f}") if row["storage_bytes"] else "",
+                  "" if math.isnan(row["gain_equal_bytes"]) else
+                  f"{row['gain_equal_bytes']:+.2f} ({row['pairs_equal_bytes']:.0f})"]
         rows.append(cells)
     return rows
 
