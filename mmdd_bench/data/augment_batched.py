@@ -14,9 +14,10 @@ paths agree bit for bit (checked op by op and end to end in ``tests/test_augment
   images at once and apply them with one gather;
 - Brightness and Sharpness at level 5 (factor 1.0) and Identity change nothing and are skipped.
 
-Bit-exactness assumes IEEE double arithmetic without fused multiply-adds on both sides, which holds for
-PIL's x86-64 wheels and for PyTorch's separate elementwise kernels; a PIL built with FMA contraction could
-differ by one grey level at rare pixels.
+Bit-exactness assumes IEEE double arithmetic without fused multiply-adds on both sides: PIL's x86-64
+wheels, the resize taps (computed on the host) and PyTorch's separate elementwise kernels. A PIL built with
+FMA contraction (e.g. some aarch64 builds) could differ by one grey level at rare pixels; on CUDA the
+equality is expected from the same argument but has not been run here (no GPU was available).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def resized_crop_flip(canvas: torch.Tensor, windows: torch.Tensor, flip: torch.T
     size x size with PIL's bicubic resize (horizontal pass, then vertical), mirrored where ``flip``:
     uint8 [n, 3, size, size]."""
     n, channels, height, width = canvas.shape
-    windows, flip = windows.to(canvas.device), flip.to(canvas.device)
+    dev = canvas.device
+    windows, flip = windows.cpu(), flip.cpu()  # the taps are small: made on the host, no device sync
     out = []
     for lo in range(0, n, CHUNK):
         part = slice(lo, min(lo + CHUNK, n))
@@ -91,12 +93,13 @@ def resized_crop_flip(canvas: torch.Tensor, windows: torch.Tensor, flip: torch.T
         k = len(top)
         col_index, col_weights = resample_taps(left, w, size)
         mirrored = flip[part, None, None]  # mirror = reversed output columns
-        col_index = torch.where(mirrored, col_index.flip(1), col_index)
-        col_weights = torch.where(mirrored, col_weights.flip(1), col_weights)
+        col_index = torch.where(mirrored, col_index.flip(1), col_index).to(dev, non_blocking=True)
+        col_weights = torch.where(mirrored, col_weights.flip(1), col_weights).to(dev, non_blocking=True)
+        row_index, row_weights = (t.to(dev, non_blocking=True) for t in resample_taps(top, h, size))
         x = canvas[part].int().reshape(k, channels * height, width)
         horizontal = _resample_last_axis(x, col_index, col_weights)  # [k, C*H, size]
         by_column = horizontal.view(k, channels, height, size).transpose(2, 3).reshape(k, channels * size, height)
-        vertical = _resample_last_axis(by_column, *resample_taps(top, h, size))  # [k, C*size(x), size(y)]
+        vertical = _resample_last_axis(by_column, row_index, row_weights)  # [k, C*size(x), size(y)]
         out.append(vertical.view(k, channels, size, size).transpose(2, 3).to(torch.uint8))
     return torch.cat(out).contiguous()
 
