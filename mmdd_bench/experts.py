@@ -5,8 +5,13 @@ with plain SGD on the real training pairs. After every epoch its *trainable* par
 nothing else: no frozen text encoder, no buffers, no optimiser state (SGD without momentum has none),
 optionally in half precision. That is all that matching reads.
 
+On real datasets the experts see the papers' train augmentation (``data.real_batches.RealBatches``: crops
+of the originals, flip, RandomAugment(2, 5)), drawn from each expert's own seeded generator, with the next
+batches prepared while one trains; the embedded datasets are never augmented.
+
 Trajectories are content-addressed: the folder name hashes the training split, the backbone and its
-weights, the image size, the expert settings, the seed and ``EXPERTS_CODE_VERSION``. A trajectory is a
+weights, the image size, the expert settings, the seed, ``EXPERTS_CODE_VERSION`` and, on real datasets,
+the augmentation's version. A trajectory is a
 prefix: snapshot ``e`` does not depend on how many epochs follow it, so the epoch count is not in the key,
 a run that needs 3 epochs reuses experts trained for 10, and an expert trained for 3 can be extended.
 
