@@ -205,5 +205,15 @@ def augment_image(image: np.ndarray, draws: AugmentDraws, size: int) -> np.ndarr
     return np.asarray(out)
 
 
+def __getattr__(name: str) -> object:
+    """``BatchAugment`` lives in ``augment_batched`` (which imports this module); still importable from here
+    for ``benchmarks/``, outside this module's users, until they import it from there."""
+    if name == "BatchAugment":
+        from .augment_batched import BatchAugment
+
+        return BatchAugment
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["AUGMENT_ID", "OPS", "AugmentDraws", "augment_identity", "augment_image", "crop_boxes",
            "draw_augmentations", "inverse_affine", "reference_op", "reference_resized_crop"]
