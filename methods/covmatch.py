@@ -10,7 +10,12 @@ Published details we could not see (the official code is not public here) and wh
 - features are matched with the online model in eval mode (no dropout); it trains in train mode;
 - the online model's InfoNCE step reuses the iteration's real batch;
 - the synthetic set is initialised from N random real pairs with distinct images (as ``random``), its
-  text as the word embeddings of their tokenised captions, padded to the longest, with a fixed mask;
+  text as the word embeddings of their tokenised captions, padded to the longest, with a fixed mask; on
+  real datasets its images are those pairs after the papers' train augmentation (random crop of the
+  original, flip, RandomAugment(2, 5): ``mmdd_bench.data.augment``), where ``random`` keeps the plain
+  224 x 224 resize; on the embedded datasets, never augmented, they are ``random``'s images;
+- real batches (and the initial images) are augmented with draws from the method's seeded generator, so
+  a checkpoint resumes them exactly;
 - rho for N < 100 follows N = 100 (2); lambda for N = 500 is 0.5 (the paper gives 0.5-0.6).
 """
 
@@ -32,7 +37,7 @@ from mmdd_bench.checkpoint import (
     rng_tensors,
     save_checkpoint,
 )
-from mmdd_bench.data.augment import RealAugment
+from mmdd_bench.data.real_batches import RealBatches
 from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.encoders.heads import contrastive_loss
 from mmdd_bench.method import DistillContext, Method
@@ -143,14 +148,13 @@ class CovMatch(Method):
             check_compile(dev, "covmatch")
         rng = np.random.default_rng(ctx.seed)
         gen = torch.Generator().manual_seed(ctx.seed)
-        augment = RealAugment(ctx.dataset, bb.image_size)
-        store = ctx.train_images
+        # Real images, augmented on real datasets with draws from `gen` (see mmdd_bench.data.real_batches).
+        real_images = RealBatches(ctx.dataset, ctx.cache_dir, dev, bb.image_size, bb.mean, bb.std)
 
         # Initial synthetic set: N random real pairs (distinct images), images after train augmentation.
-        init_images, init_pairs = initial_pairs(train, ctx.size, rng)
+        _, init_pairs = initial_pairs(train, ctx.size, rng)
         # Laid out once in the working memory format, so the loop never re-lays out the synthetic images.
-        syn_images = image_layout(store.normalize(augment(store.uint8(init_images).to(dev))),
-                                  params.channels_last).requires_grad_(True)
+        syn_images = image_layout(real_images.batch(init_pairs, gen), params.channels_last).requires_grad_(True)
         ids, syn_mask = bb.tokenize([train.captions[i] for i in init_pairs])
         ids, syn_mask = ids.to(dev), syn_mask.to(dev)
         with torch.no_grad():
@@ -199,8 +203,7 @@ class CovMatch(Method):
                          {"params": model.head_parameters(), "lr": lrs[1]}], momentum=0.9, weight_decay=5e-4)
             with timer.part("data"):
                 pairs = rng.choice(train.n_pairs, size=min(params.real_batch, train.n_pairs), replace=False)
-                real_imgs = image_layout(store.normalize(augment(store.uint8(train.pair_image[pairs]).to(dev))),
-                                         params.channels_last)
+                real_imgs = image_layout(real_images.batch(pairs, gen), params.channels_last)
                 mask = all_mask[pairs]
                 length = int(mask.sum(1).max())
                 real_ids, real_mask = all_ids[pairs, :length].to(dev), mask[:, :length].to(dev)
@@ -241,6 +244,7 @@ class CovMatch(Method):
             timer.tick()
             if (it + 1) % 10 == 0 or it + 1 == params.iterations:
                 ctx.report(f"covmatch N={ctx.size} seed={ctx.seed}", it + 1, params.iterations)
+        real_images.close()
         text_kind = "token_embeddings" if params.text_trainable else "sentence_embeddings"
         return DistilledSet(
             images=syn_images.detach().cpu(), text_kind=text_kind, text_embeddings=syn_text.detach().cpu(),

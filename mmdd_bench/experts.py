@@ -5,8 +5,13 @@ with plain SGD on the real training pairs. After every epoch its *trainable* par
 nothing else: no frozen text encoder, no buffers, no optimiser state (SGD without momentum has none),
 optionally in half precision. That is all that matching reads.
 
+On real datasets the experts see the papers' train augmentation (``data.real_batches.RealBatches``: crops
+of the originals, flip, RandomAugment(2, 5)), drawn from each expert's own seeded generator, with the next
+batches prepared while one trains; the embedded datasets are never augmented.
+
 Trajectories are content-addressed: the folder name hashes the training split, the backbone and its
-weights, the image size, the expert settings, the seed and ``EXPERTS_CODE_VERSION``. A trajectory is a
+weights, the image size, the expert settings, the seed, ``EXPERTS_CODE_VERSION`` and, on real datasets,
+the augmentation's version. A trajectory is a
 prefix: snapshot ``e`` does not depend on how many epochs follow it, so the epoch count is not in the key,
 a run that needs 3 epochs reuses experts trained for 10, and an expert trained for 3 can be extended.
 
@@ -38,8 +43,9 @@ from filelock import FileLock, Timeout
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import restore_rng, rng_tensors
-from .data.augment import RealAugment
+from .data.augment import augment_identity
 from .data.images import ImageStore
+from .data.real_batches import RealBatches
 from .data.splits import Dataset
 from .encoders.backbone import Backbone
 from .encoders.heads import DualEncoder, contrastive_loss
@@ -102,7 +108,7 @@ class ExpertStore:
         self.identity = {"train": dataset.train.fingerprint, "dataset": dataset.name,
                          "backbone": backbone.text_encoder_id, "image_size": backbone.image_size,
                          "settings": asdict(settings), "code_version": EXPERTS_CODE_VERSION}
-        augment = RealAugment(dataset, backbone.image_size).identity
+        augment = augment_identity(dataset)
         if augment is not None:  # only when it augments, so un-augmented caches keep their keys
             self.identity["augment"] = augment
         key = hashlib.sha256(json.dumps(self.identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -184,13 +190,14 @@ class ExpertStore:
         _, text = train_features(dataset.train, images, backbone, device, self.cache_dir)
         text = text.to(device)
         train = dataset.train
-        augment = RealAugment(dataset, backbone.image_size)
+        # Real images, augmented on real datasets with draws from `gen` (see mmdd_bench.data.real_batches).
+        real_images = RealBatches(dataset, self.cache_dir, device, backbone.image_size, backbone.mean, backbone.std)
         model = backbone.dual_encoder(text_trainable=False, image_head=False, seed=seed, device=device)
         params = trainable_parameters(model)
         gen = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-            torch.manual_seed(seed)  # dropout and augmentation draws
+            torch.manual_seed(seed)  # dropout
             if done >= 0:
                 self._restore(index, done, params, gen, device)
             else:
@@ -201,9 +208,9 @@ class ExpertStore:
             for epoch in range(done + 1, epochs + 1):
                 model.train()
                 model.text_encoder.eval()
-                for step, idx in enumerate(torch.randperm(train.n_pairs, generator=gen).split(s.batch_size), 1):
-                    idx_np = idx.numpy()
-                    real = images.normalize(augment(images.uint8(train.pair_image[idx_np]).to(device)))
+                batches = torch.randperm(train.n_pairs, generator=gen).split(s.batch_size)
+                reals = real_images.stream([idx.numpy() for idx in batches], gen)  # prepared ahead
+                for step, (idx, real) in enumerate(zip(batches, reals, strict=True), 1):
                     _, g_img = model.image_features(real)
                     loss = contrastive_loss(g_img, model.text_head(text[idx.to(device)]))
                     if not torch.isfinite(loss):
@@ -214,6 +221,7 @@ class ExpertStore:
                     if progress and (step % 20 == 0 or step == steps):
                         progress(f"expert {index} epoch {epoch}/{epochs}", step, steps)
                 self._save_epoch(index, epoch, params, gen, device)
+        real_images.close()
         return time.perf_counter() - start
 
     def _save_epoch(self, index: int, epoch: int, params: dict[str, torch.Tensor], gen: torch.Generator,

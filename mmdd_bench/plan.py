@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data.augment import RealAugment
+from .data.augment import augment_identity
 from .data.splits import Dataset
 from .encoders import BackboneSpec
 from .errors import UsageError
@@ -213,7 +213,7 @@ def distill_identity(ds: Dataset, bb: BackboneSpec, method: Method, method_ident
     spec = {"dataset": ds.name, "train": ds.train.fingerprint, "method": method.name, "method_version": method.version,
             "method_params": method_identity, "size": size, "seed": seed, "backbone": bb.name,
             "backbone_weights": bb.weights_id}
-    augment = RealAugment(ds, bb.image_size).identity
+    augment = augment_identity(ds)
     if augment is not None:  # real-data runs: the augmentation's version is part of the result
         spec["augment"] = augment
     if debug:  # never the same identity as a full run

@@ -45,15 +45,40 @@ def tiny(cache_dir):
     return build_backbone("tiny", cache_dir)
 
 
-def write_flickr(root: Path, image_folder: str = "flickr30k-images", n_train: int = 4, n_test: int = 3) -> Path:
-    """A Flickr30K-format fixture: BLIP Karpathy JSONs + JPEGs; test image 0 has 6 captions."""
+# (width, height) of most Flickr30K photos: landscape, portrait, 3:2 both ways.
+FLICKR_SIZES = [(500, 375), (375, 500), (500, 333), (333, 500)]
+
+
+def photo(width: int, height: int, seed: int) -> np.ndarray:
+    """uint8 [height, width, 3] with photo-like content: smooth colour fields, a few discs, sensor noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    image = np.stack([120 + 90 * np.sin(x / rng.uniform(20, 60) + rng.uniform(0, 6)),
+                      120 + 80 * np.cos(y / rng.uniform(20, 60) + rng.uniform(0, 6)),
+                      60 + 140 * (x + y) / (width + height)], axis=-1)
+    for _ in range(4):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(20, 90)
+        image[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+
+
+def write_flickr(root: Path, image_folder: str = "flickr30k-images", n_train: int = 4, n_test: int = 3,
+                 sizes: list[tuple[int, int]] | None = None) -> Path:
+    """A Flickr30K-format fixture: BLIP Karpathy JSONs + JPEGs; test image 0 has 6 captions.
+    Images are 40x30 noise, or with ``sizes`` (e.g. ``FLICKR_SIZES``, cycled) photo-like JPEGs of those sizes."""
     ds = root / "flickr30k"
     (ds / "annotations").mkdir(parents=True)
     (ds / image_folder).mkdir(parents=True)
     rng = np.random.default_rng(0)
+    written: dict[str, int] = {}  # file name -> its index (train files are named twice: two captions each)
 
     def image(name: str) -> str:
-        Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(ds / image_folder / name)
+        if sizes is None:
+            Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(ds / image_folder / name)
+        else:
+            k = written.setdefault(name, len(written))
+            width, height = sizes[k % len(sizes)]
+            Image.fromarray(photo(width, height, k)).save(ds / image_folder / name, quality=90)
         return f"flickr30k-images/{name}"
 
     train = [{"image": image(f"tr{i}.jpg"), "caption": f"A dog (number {i}) runs!", "image_id": i}

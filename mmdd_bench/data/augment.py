@@ -1,219 +1,211 @@
-"""Training augmentation of real images, applied to uint8 batches from the image store.
+"""The papers' train augmentation of real images, defined once: its random draws and its per-image reference.
 
-The paper's recipe (RandomResizedCrop(scale 0.5-1, bicubic), horizontal flip, RandAugment(2, 5)) is for
-natural photos. The embedded ``shapes`` captions name colours and left/right positions, which flips,
-crops and colour operations would contradict, so that dataset trains without augmentation.
+MTT-VL, LoRS and CovMatch's peers train on real images with, in this order:
 
-torchvision's transforms draw one set of parameters per call, so applying them per image means a Python
-loop over the batch on the hottest path of distillation and expert training. ``BatchAugment`` draws the
-same distributions for every image at once instead:
+1. RandomResizedCrop(size, scale 0.5-1, ratio 3/4-4/3, bicubic) on the decoded original image;
+2. a horizontal flip with probability 0.5;
+3. BLIP's RandomAugment(2, 5): two operations drawn uniformly, with replacement, from ``OPS`` (10 of them);
+   each drawn operation is applied with probability 0.5, at magnitude level 5 of 10:
+   Brightness and Sharpness enhance by level/10 * 1.8 + 0.1 = 1.0 (so they change nothing), shear by
+   +-level/10 * 0.3 = 0.15, translate by +-level/10 * 10 = 5 px, rotate by +-level/10 * 30 = 15 degrees,
+   each with a random sign; pixels the geometric operations uncover are grey (128, 128, 128);
+4. ToTensor and the backbone's normalisation (``ImageStore.normalize``).
 
-- crop and flip: torchvision's ``RandomResizedCrop.get_params`` rule (10 tries of area and log-ratio, then
-  the centre-crop fallback), vectorised; then each image's crop is resized with PIL's bicubic kernel (what
-  torchvision's antialiased resize computes) as two batched matrix products, with the flip folded into
-  the column weights. Values equal torchvision's float path; its uint8 path rounds between its two passes
-  (a mean difference of about 0.2 grey levels).
-- RandAugment(2, 5): per round, each image draws one of torchvision's 14 operations and a sign; images
-  that drew the same (operation, sign) go through one batched ``torchvision.transforms.v2.functional``
-  call with torchvision's magnitudes. So at most 28 calls per round, whatever the batch size.
+Test and val images are only resized to size x size (``ImageStore``), never augmented. The embedded
+``shapes`` datasets are never augmented either: their captions name colours and left/right positions,
+which flips, crops and shears would contradict.
 
-All random draws use the global torch generator on the CPU, so a seeded caller gets the same images on
-any device, and the work itself runs on whatever device the batch is on.
+What the definition leaves open, and what we chose (both paths do exactly this):
+
+- crop boxes follow RandomResizedCrop's rule: 10 tries of (area fraction, log aspect ratio), the first box
+  that fits is taken at a uniformly drawn offset, else the centre crop clamped to the ratio range; the box
+  is cropped first and then resized with PIL's bicubic filter (antialiased when shrinking), horizontally
+  then vertically, so pixels outside the box never contribute;
+- the geometric operations are affine maps sampled with PIL's *bilinear* filter (values truncated to
+  uint8, as PIL does) and hard edges: an output pixel whose source point falls outside the image is grey;
+- shear is about the top-left corner (x_src = x + s * y for ShearX, y_src = y + s * x for ShearY), rotation
+  about the image centre, counter-clockwise for a positive angle (PIL's ``rotate`` convention);
+  translation shifts by whole pixels (x_src = x + t), so it copies pixels without interpolation;
+- AutoContrast (stretch [min, max] to [0, 255], truncated) and Equalize (PIL's histogram equalisation)
+  work per colour channel, as PIL's ``ImageOps`` do on RGB images.
+
+Every random choice is drawn by ``draw_augmentations`` from the caller's ``torch.Generator`` in the main
+process, for a whole batch at once, *before* any image is touched. Workers only apply the draws they are
+handed, so the result does not depend on how many workers there are, and the batched path
+(``augment_batched.BatchAugment``) reproduces the same images from the same draws.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as tvf
+from PIL import Image, ImageEnhance, ImageOps
 
 from .splits import Dataset
 
-# Part of a result's identity whenever a dataset is augmented: bump when the draws or the ops change.
-AUGMENT_ID = "paper-batched-1"
+# Part of a result's identity whenever a dataset is augmented (run ids, expert-cache keys): bump it when the
+# draws, the operations or the image source change. 2: BLIP's RandomAugment(2, 5) on crops of the originals.
+AUGMENT_ID = "paper-blip-2"
 
 CROP_SCALE = (0.5, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
-RANDAUG_OPS = 2
-RANDAUG_MAGNITUDE = 5
-RANDAUG_BINS = 31
+CROP_TRIES = 10
+FLIP_P = 0.5
+ROUNDS = 2  # RandomAugment(N=2, M=5)
+LEVEL = 5
+MAX_LEVEL = 10
+APPLY_P = 0.5
+FILL = (128, 128, 128)
+OPS = ("Identity", "AutoContrast", "Brightness", "Sharpness", "Equalize",
+       "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+ENHANCE_FACTOR = LEVEL / MAX_LEVEL * 1.8 + 0.1  # 1.0 exactly: Brightness and Sharpness are no-ops
+SHEAR = LEVEL / MAX_LEVEL * 0.3  # 0.15
+TRANSLATE_PX = LEVEL / MAX_LEVEL * 10.0  # 5 px
+ROTATE_DEG = LEVEL / MAX_LEVEL * 30.0  # 15 degrees
+# Operations that leave an image unchanged at this level (the batched path skips them).
+NO_OPS = ("Identity",) + (("Brightness", "Sharpness") if ENHANCE_FACTOR == 1.0 else ())
 
 
-def _bin(values: torch.Tensor) -> float:
-    return float(values[RANDAUG_MAGNITUDE])
+def augment_identity(dataset: Dataset) -> str | None:
+    """What enters a result's identity: the augmentation version, or None for a dataset never augmented."""
+    return AUGMENT_ID if dataset.hflip else None
 
 
-def randaugment_ops(height: int, width: int) -> list[tuple[str, float | None, bool]]:
-    """(name, magnitude at bin 5 of 31, signed) for torchvision's RandAugment space, in its order."""
-    lin = torch.linspace
-    return [
-        ("Identity", None, False),
-        ("ShearX", _bin(lin(0.0, 0.3, RANDAUG_BINS)), True),
-        ("ShearY", _bin(lin(0.0, 0.3, RANDAUG_BINS)), True),
-        ("TranslateX", _bin(lin(0.0, 150.0 / 331.0 * width, RANDAUG_BINS)), True),
-        ("TranslateY", _bin(lin(0.0, 150.0 / 331.0 * height, RANDAUG_BINS)), True),
-        ("Rotate", _bin(lin(0.0, 30.0, RANDAUG_BINS)), True),
-        ("Brightness", _bin(lin(0.0, 0.9, RANDAUG_BINS)), True),
-        ("Color", _bin(lin(0.0, 0.9, RANDAUG_BINS)), True),
-        ("Contrast", _bin(lin(0.0, 0.9, RANDAUG_BINS)), True),
-        ("Sharpness", _bin(lin(0.0, 0.9, RANDAUG_BINS)), True),
-        ("Posterize", _bin((8 - (torch.arange(RANDAUG_BINS) / ((RANDAUG_BINS - 1) / 4))).round().int()), False),
-        ("Solarize", _bin(lin(1.0, 0.0, RANDAUG_BINS)), False),
-        ("AutoContrast", None, False),
-        ("Equalize", None, False),
-    ]
+@dataclass(frozen=True)
+class AugmentDraws:
+    """Every random choice for n images: what a worker or the batched path needs to augment them."""
+
+    boxes: torch.Tensor  # [n, 4] int64 (top, left, height, width) in the source image
+    flip: torch.Tensor  # [n] bool
+    ops: torch.Tensor  # [n, ROUNDS] int64, indices into OPS
+    applied: torch.Tensor  # [n, ROUNDS] bool: the drawn operation is applied (probability APPLY_P)
+    negative: torch.Tensor  # [n, ROUNDS] bool: the sign of shear, translation and rotation
+
+    def __len__(self) -> int:
+        return self.boxes.shape[0]
+
+    def __getitem__(self, index: int | slice | torch.Tensor) -> AugmentDraws:
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return AugmentDraws(self.boxes[index], self.flip[index], self.ops[index], self.applied[index],
+                            self.negative[index])
 
 
-def apply_op(images: torch.Tensor, name: str, magnitude: float) -> torch.Tensor:
-    """One RandAugment operation on a uint8 batch, as torchvision applies it (nearest, fill 0)."""
-    nearest = InterpolationMode.NEAREST
-    if name == "Identity":
-        return images
-    if name in ("ShearX", "ShearY"):
-        shear = math.degrees(math.atan(magnitude))
-        return tvf.affine(images, angle=0.0, translate=[0, 0], scale=1.0,
-                          shear=[shear, 0.0] if name == "ShearX" else [0.0, shear],
-                          interpolation=nearest, fill=None, center=[0, 0])
-    if name in ("TranslateX", "TranslateY"):
-        shift = int(magnitude)
-        return tvf.affine(images, angle=0.0, translate=[shift, 0] if name == "TranslateX" else [0, shift],
-                          scale=1.0, shear=[0.0, 0.0], interpolation=nearest, fill=None)
+def crop_boxes(heights: torch.Tensor, widths: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """[n, 4] int64 (top, left, h, w): RandomResizedCrop's box rule for n images of their own sizes at once."""
+    height, width = heights.double(), widths.double()
+    n = len(height)
+    area = (height * width)[:, None]
+    target = area * torch.empty(n, CROP_TRIES, dtype=torch.float64).uniform_(*CROP_SCALE, generator=generator)
+    log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    aspect = torch.exp(torch.empty(n, CROP_TRIES, dtype=torch.float64).uniform_(log_lo, log_hi, generator=generator))
+    w = torch.sqrt(target * aspect).round()
+    h = torch.sqrt(target / aspect).round()
+    fits = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
+    found = fits.any(dim=1)
+    first = fits.int().argmax(dim=1, keepdim=True)  # the first box that fits
+    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    offsets = torch.rand(n, 2, dtype=torch.float64, generator=generator)
+    top = torch.floor(offsets[:, 0] * (height - h + 1))
+    left = torch.floor(offsets[:, 1] * (width - w + 1))
+    # No try fits (rare): the centre crop, clamped to the ratio range.
+    ratio = width / height
+    fallback_w = torch.where(ratio > CROP_RATIO[1], torch.round(height * CROP_RATIO[1]), width)
+    fallback_h = torch.where(ratio < CROP_RATIO[0], torch.round(width / CROP_RATIO[0]), height)
+    h, w = torch.where(found, h, fallback_h), torch.where(found, w, fallback_w)
+    top = torch.where(found, top, torch.div(height - fallback_h, 2, rounding_mode="floor"))
+    left = torch.where(found, left, torch.div(width - fallback_w, 2, rounding_mode="floor"))
+    return torch.stack([top, left, h, w], dim=1).long()
+
+
+def draw_augmentations(heights: torch.Tensor | list[int], widths: torch.Tensor | list[int],
+                       generator: torch.Generator | None) -> AugmentDraws:
+    """All random choices for images of the given sizes, from ``generator`` (CPU), in a fixed order."""
+    heights, widths = torch.as_tensor(heights), torch.as_tensor(widths)
+    n = len(heights)
+    boxes = crop_boxes(heights, widths, generator)
+    flip = torch.rand(n, dtype=torch.float64, generator=generator) < FLIP_P
+    ops = torch.randint(len(OPS), (n, ROUNDS), generator=generator)
+    applied = torch.rand(n, ROUNDS, dtype=torch.float64, generator=generator) < APPLY_P
+    negative = torch.rand(n, ROUNDS, dtype=torch.float64, generator=generator) < 0.5
+    return AugmentDraws(boxes, flip, ops, applied, negative)
+
+
+def inverse_affine(name: str, negative: bool, height: int, width: int) -> tuple[float, ...]:
+    """(a, b, c, d, e, f): the output point (x, y) samples the input at (a x + b y + c, d x + e y + f),
+    in continuous pixel coordinates (pixel centres at i + 0.5), as PIL's AFFINE transform takes it."""
+    sign = -1.0 if negative else 1.0
+    if name == "ShearX":
+        return (1.0, sign * SHEAR, 0.0, 0.0, 1.0, 0.0)
+    if name == "ShearY":
+        return (1.0, 0.0, 0.0, sign * SHEAR, 1.0, 0.0)
+    if name == "TranslateX":
+        return (1.0, 0.0, sign * TRANSLATE_PX, 0.0, 1.0, 0.0)
+    if name == "TranslateY":
+        return (1.0, 0.0, 0.0, 0.0, 1.0, sign * TRANSLATE_PX)
     if name == "Rotate":
-        return tvf.rotate(images, angle=magnitude, interpolation=nearest, fill=None)
-    if name == "Brightness":
-        return tvf.adjust_brightness(images, brightness_factor=1.0 + magnitude)
-    if name == "Color":
-        return tvf.adjust_saturation(images, saturation_factor=1.0 + magnitude)
-    if name == "Contrast":
-        return tvf.adjust_contrast(images, contrast_factor=1.0 + magnitude)
-    if name == "Sharpness":
-        return tvf.adjust_sharpness(images, sharpness_factor=1.0 + magnitude)
-    if name == "Posterize":
-        return tvf.posterize(images, bits=int(magnitude))
-    if name == "Solarize":
-        return tvf.solarize(images, threshold=255.0 * magnitude)
+        # Counter-clockwise on screen (y points down) by theta about the centre (cx, cy): the source of an
+        # output point is the output point rotated back, clockwise.
+        theta = math.radians(sign * ROTATE_DEG)
+        cos, sin = math.cos(theta), math.sin(theta)
+        cx, cy = width / 2, height / 2
+        return (cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy)
+    raise ValueError(f"{name!r} is not a geometric operation of {GEOMETRIC}")
+
+
+def reference_op(image: Image.Image, name: str, negative: bool) -> Image.Image:
+    """One RandomAugment operation on one RGB image, with PIL (the parity oracle for the batched path)."""
+    if name == "Identity":
+        return image
     if name == "AutoContrast":
-        return tvf.autocontrast(images)
+        return ImageOps.autocontrast(image)
     if name == "Equalize":
-        return tvf.equalize(images)
-    raise ValueError(f"unknown RandAugment operation {name!r}")
+        return ImageOps.equalize(image)
+    if name == "Brightness":
+        return ImageEnhance.Brightness(image).enhance(ENHANCE_FACTOR)
+    if name == "Sharpness":
+        return ImageEnhance.Sharpness(image).enhance(ENHANCE_FACTOR)
+    width, height = image.size
+    return image.transform(image.size, Image.Transform.AFFINE, inverse_affine(name, negative, height, width),
+                           resample=Image.Resampling.BILINEAR, fillcolor=FILL)
 
 
-def crop_boxes(n: int, height: int, width: int, tries: int = 10) -> torch.Tensor:
-    """[n, 4] float (top, left, h, w): torchvision's RandomResizedCrop.get_params, for n images at once."""
-    area = height * width
-    target_area = area * torch.empty(n, tries).uniform_(*CROP_SCALE)
-    log_ratio = torch.log(torch.tensor(CROP_RATIO))
-    aspect = torch.exp(torch.empty(n, tries).uniform_(float(log_ratio[0]), float(log_ratio[1])))
-    w = torch.sqrt(target_area * aspect).round()
-    h = torch.sqrt(target_area / aspect).round()
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    # torchvision draws the offset with randint(0, H - h + 1); a uniform fraction of that range is the same.
-    frac_top, frac_left = torch.rand(n), torch.rand(n)
-    first = torch.argmax(ok.int(), dim=1)  # the first accepted try
-    found = ok.any(dim=1)
-    w_pick = w.gather(1, first[:, None])[:, 0]
-    h_pick = h.gather(1, first[:, None])[:, 0]
-    # Fallback when all tries fall outside the image (rare): centre crop clamped to the ratio range.
-    in_ratio = width / height
-    if in_ratio < CROP_RATIO[0]:
-        fw, fh = width, round(width / CROP_RATIO[0])
-    elif in_ratio > CROP_RATIO[1]:
-        fh, fw = height, round(height * CROP_RATIO[1])
-    else:
-        fw, fh = width, height
-    w_pick = torch.where(found, w_pick, torch.full_like(w_pick, fw))
-    h_pick = torch.where(found, h_pick, torch.full_like(h_pick, fh))
-    top = torch.where(found, torch.floor(frac_top * (height - h_pick + 1)), torch.full_like(h_pick, (height - fh) // 2))
-    left = torch.where(found, torch.floor(frac_left * (width - w_pick + 1)), torch.full_like(w_pick, (width - fw) // 2))
-    return torch.stack([top, left, h_pick, w_pick], dim=1)
+def reference_resized_crop(image: Image.Image, box: list[int], size: int, flip: bool) -> Image.Image:
+    """The crop, resized to size x size with PIL's bicubic filter, then mirrored if ``flip``.
 
-
-def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
-    """PIL's bicubic kernel (a = -0.5), which torchvision's antialiased resize uses too."""
-    x = x.abs()
-    near = ((a + 2) * x - (a + 3)) * x * x + 1
-    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
-
-
-def resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
-    """[n, out_size, in_size] rows that resample each image's [start, start + length) window to out_size.
-
-    PIL's rule, as in torchvision's antialiased resize: taps outside the window are dropped and the rest
-    renormalised, and the kernel widens by the scale when shrinking. Only the few taps under the kernel
-    are computed, then scattered into the dense rows.
+    The resize is two one-axis PIL resizes, horizontal then vertical (uint8 in between): the order every
+    Pillow before 13 takes for a two-axis resize; Pillow 13 sometimes takes the vertical pass first, which
+    differs by rounding only (up to a few grey levels), so we pin the order rather than inherit it.
     """
-    n, dev = len(start), start.device
-    scale = (length / out_size)[:, None, None]
-    stretch = scale.clamp(min=1.0)
-    support = 2.0 * stretch
-    centres = start[:, None, None] + (torch.arange(out_size, device=dev)[None, :, None] + 0.5) * scale
-    n_taps = int(math.ceil(2 * float(support.max()))) + 2
-    taps = torch.floor(centres - support - 0.5) + torch.arange(n_taps, device=dev)[None, None, :]
-    inside = (taps >= start[:, None, None]) & (taps < (start + length)[:, None, None])
-    weights = _cubic((taps + 0.5 - centres) / stretch) * inside
-    weights = weights / weights.sum(dim=-1, keepdim=True)
-    index = taps.clamp(0, in_size - 1).long()
-    return torch.zeros(n, out_size, in_size, device=dev).scatter_add_(2, index, weights)
+    top, left, h, w = box
+    crop = image.crop((left, top, left + w, top + h))
+    out = crop.resize((size, h), Image.Resampling.BICUBIC).resize((size, size), Image.Resampling.BICUBIC)
+    return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out
 
 
-def resized_crop_flip(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
-    """Bicubic resize of each image's box to size x size, mirrored where ``flip``: two batched matmuls."""
-    n, channels, height, width = images.shape
-    boxes, flip = boxes.to(images.device, torch.float32), flip.to(images.device)
-    top, left, h, w = boxes.unbind(1)
-    rows = resize_weights(top, h, height, size)  # [n, size, H]
-    cols = resize_weights(left, w, width, size)  # [n, size, W]
-    cols = torch.where(flip[:, None, None], cols.flip(1), cols)
-    # Rows first on [n, H, C*W], then columns on [n, size*C, W]: two large bmm calls.
-    stacked = images.permute(0, 2, 1, 3).reshape(n, height, channels * width).float()
-    out = torch.bmm(rows, stacked).view(n, size * channels, width)
-    out = torch.bmm(out, cols.transpose(1, 2)).round_().clamp_(0, 255).to(torch.uint8)
-    return out.view(n, size, channels, size).permute(0, 2, 1, 3).contiguous()
+def augment_image(image: np.ndarray, draws: AugmentDraws, size: int) -> np.ndarray:
+    """The reference: one uint8 [H, W, 3] image and its draws (length 1) -> uint8 [size, size, 3]."""
+    out = reference_resized_crop(Image.fromarray(image), draws.boxes[0].tolist(), size, bool(draws.flip[0]))
+    for r in range(ROUNDS):
+        if draws.applied[0, r]:
+            out = reference_op(out, OPS[int(draws.ops[0, r])], bool(draws.negative[0, r]))
+    return np.asarray(out)
 
 
-class BatchAugment:
-    """The paper's train augmentation for a whole uint8 batch [B, 3, H, W] -> [B, 3, size, size]."""
+def __getattr__(name: str) -> object:
+    """``BatchAugment`` lives in ``augment_batched`` (which imports this module); still importable from here
+    for ``benchmarks/``, outside this module's users, until they import it from there."""
+    if name == "BatchAugment":
+        from .augment_batched import BatchAugment
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.ops = randaugment_ops(size, size)  # after the crop every image is size x size
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        n, _, height, width = images.shape
-        out = resized_crop_flip(images, crop_boxes(n, height, width), torch.rand(n) < 0.5, self.size)
-        for _ in range(RANDAUG_OPS):
-            choice = torch.randint(len(self.ops), (n,))
-            negative = torch.rand(n) <= 0.5
-            for op_index in choice.unique().tolist():
-                name, magnitude, signed = self.ops[op_index]
-                if name == "Identity":
-                    continue
-                for sign in ((True, False) if signed else (None,)):
-                    picked = choice == op_index
-                    if sign is not None:
-                        picked &= negative == sign
-                    rows = picked.nonzero()[:, 0].to(out.device)
-                    if len(rows) == 0:
-                        continue
-                    value = 0.0 if magnitude is None else (-magnitude if sign else magnitude)
-                    out[rows] = apply_op(out[rows], name, value)
-        return out
+        return BatchAugment
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class RealAugment:
-    """What a method applies to real uint8 batches of ``dataset``: the paper's augmentation, or nothing."""
-
-    def __init__(self, dataset: Dataset, size: int) -> None:
-        self.transform = BatchAugment(size) if dataset.hflip else None
-
-    @property
-    def identity(self) -> str | None:
-        """What enters a result's identity: the augmentation version, or None when there is none."""
-        return AUGMENT_ID if self.transform is not None else None
-
-    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return images_uint8 if self.transform is None else self.transform(images_uint8)
+__all__ = ["AUGMENT_ID", "OPS", "AugmentDraws", "augment_identity", "augment_image", "crop_boxes",
+           "draw_augmentations", "inverse_affine", "reference_op", "reference_resized_crop"]
