@@ -382,3 +382,67 @@ def test_paper_weights_id_hashes_the_weight_files(tmp_path, monkeypatch):
     (bert / "model.safetensors").unlink()
     with pytest.raises(Exception, match="holds no model.safetensors"):
         describe_backbone("paper", tmp_path / "cache")
+
+
+# ---- decoded-image caches ---------------------------------------------------------------------------
+FLICKR_RUN = ["--datasets", "flickr30k", "--backbone", "tiny", "--methods", "random", "--sizes", "2", "--quiet",
+              "--set", "eval.epochs=1", "--set", "eval.n_students=1", "--protocol", "frozen-text"]
+
+
+def test_new_image_content_means_new_identities_and_caches(tmp_path, capsys):
+    """Replacing every image by black used to give a byte-identical artifact under the same run id."""
+    ds = write_flickr(tmp_path / "data")
+    cache = tmp_path / "cache"
+    args = ["run", "--data-root", str(tmp_path / "data"), "--cache-dir", str(cache), *FLICKR_RUN]
+    assert main([*args, "--results", str(tmp_path / "before")]) == 0
+    for image in (ds / "flickr30k-images").iterdir():
+        with Image.open(image) as img:
+            size = img.size
+        Image.new("RGB", size).save(image, format="JPEG")
+    assert main([*args, "--results", str(tmp_path / "after")]) == 0
+    (before,), (after,) = read_records(tmp_path / "before"), read_records(tmp_path / "after")
+    assert before.run_id != after.run_id and before.dataset_fingerprints["train"] != after.dataset_fingerprints["train"]
+    black = DistilledSet.load(next((tmp_path / "after" / "artifacts").glob("*.json")))
+    per_channel = black.images.transpose(0, 1).flatten(1)
+    assert torch.equal(per_channel.amax(1), per_channel.amin(1))  # the images the set holds are the new, black ones
+
+
+def test_a_corrupted_image_cache_is_detected_and_rebuilt(tmp_path, cache_dir, mini, tiny):
+    from mmdd_bench.data.images import ImageStore
+
+    args = (mini.test.image_paths, tiny.image_size, tmp_path, mini.test.fingerprint, tiny.mean, tiny.std)
+    clean = ImageStore(*args).uint8().clone()
+    (path,) = (tmp_path / "images").glob("*px.u8")
+    data = bytearray(path.read_bytes())
+    data[-4096:] = bytes(4096)  # zeroed pages: the old cache served them under the same run id
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="does not match its checksum"):
+        again = ImageStore(*args)
+    assert torch.equal(again.uint8(), clean) and list((tmp_path / "images").glob("*.bad-*"))
+
+
+def test_a_full_disk_is_a_clear_error_not_sigbus(tmp_path, capsys, monkeypatch):
+    import errno
+
+    write_flickr(tmp_path / "data")
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    code = main(["run", "--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"),
+                 "--results", str(tmp_path / "res"), *FLICKR_RUN])
+    assert code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "space" in err and "decoded-image cache" in err and "Traceback" not in err
+    assert not list((tmp_path / "cache" / "images").glob("*.tmp*")) and not list((tmp_path / "res").glob("runs/*.json"))
+
+
+def test_a_decompression_bomb_in_a_run_is_a_data_error(tmp_path, capsys):
+    ds = write_flickr(tmp_path / "data")
+    Image.new("L", (9000, 9000)).save(ds / "flickr30k-images" / "tr1.jpg", format="PNG")
+    code = main(["run", "--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "cache"),
+                 "--results", str(tmp_path / "res"), *FLICKR_RUN])
+    assert code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "tr1.jpg" in err and "pixels" in err and "Traceback" not in err

@@ -50,9 +50,9 @@ def load_dataset(name: str, data_root: str | Path | None, cache_dir: Path) -> Da
     ds = Dataset(
         name=name,
         root=folder,
-        train=load_train_split(ann / f"{prefix}_train.json", folder),
-        val=load_retrieval_split(ann / f"{prefix}_val.json", folder),
-        test=load_retrieval_split(ann / f"{prefix}_test.json", folder),
+        train=load_train_split(ann / f"{prefix}_train.json", folder, cache_dir),
+        val=load_retrieval_split(ann / f"{prefix}_val.json", folder, cache_dir),
+        test=load_retrieval_split(ann / f"{prefix}_test.json", folder, cache_dir),
         default_backbone=backbone,
         # Shapes captions name left/right; flipping would contradict them.
         hflip=name not in EMBEDDED,

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .integrity import content_digest
 from .splits import RetrievalSplit, TrainSplit
 from .text import pre_caption
 
@@ -110,7 +111,12 @@ def _entry_error(json_path: Path, index: int, expected: str) -> DataError:
     return DataError(f"{json_path}: entry {index} is malformed; expected {expected}.")
 
 
-def load_train_split(json_path: Path, dataset_dir: Path) -> TrainSplit:
+def _split_fingerprint(json_path: Path, image_paths: list[Path], cache_dir: Path | None) -> str:
+    """The annotation file and the images' bytes: new images, new identities and caches."""
+    return hashlib.sha256(f"{_fingerprint(json_path)}|{content_digest(image_paths, cache_dir)}".encode()).hexdigest()[:16]
+
+
+def load_train_split(json_path: Path, dataset_dir: Path, cache_dir: Path | None = None) -> TrainSplit:
     """Train JSON: a list of ``{"image": path, "caption": str, ...}``, one entry per pair."""
     entries = _read_json(json_path)
     resolve = ImageResolver(dataset_dir)
@@ -128,10 +134,11 @@ def load_train_split(json_path: Path, dataset_dir: Path) -> TrainSplit:
         captions.append(pre_caption(entry["caption"]))
         pair_image.append(image_index[rel])
     _check_images(image_paths, json_path)
-    return TrainSplit(image_paths, captions, np.asarray(pair_image, dtype=np.int64), _fingerprint(json_path))
+    return TrainSplit(image_paths, captions, np.asarray(pair_image, dtype=np.int64),
+                      _split_fingerprint(json_path, image_paths, cache_dir))
 
 
-def load_retrieval_split(json_path: Path, dataset_dir: Path) -> RetrievalSplit:
+def load_retrieval_split(json_path: Path, dataset_dir: Path, cache_dir: Path | None = None) -> RetrievalSplit:
     """Val/test JSON: a list of ``{"image": path, "caption": [str, ...]}``, one entry per image."""
     entries = _read_json(json_path)
     resolve = ImageResolver(dataset_dir)
@@ -151,4 +158,5 @@ def load_retrieval_split(json_path: Path, dataset_dir: Path) -> RetrievalSplit:
         captions.extend(pre_caption(c) for c in caps)
         txt2img.extend([i] * len(caps))
     _check_images(image_paths, json_path)
-    return RetrievalSplit(image_paths, captions, img2txt, np.asarray(txt2img, dtype=np.int64), _fingerprint(json_path))
+    return RetrievalSplit(image_paths, captions, img2txt, np.asarray(txt2img, dtype=np.int64),
+                          _split_fingerprint(json_path, image_paths, cache_dir))

@@ -23,6 +23,7 @@ a store without its index is incomplete and is rebuilt.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
@@ -34,6 +35,7 @@ from filelock import FileLock
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from .integrity import no_space, open_image, verified, write_checksum
 
 
 def working_short_side(size: int) -> int:
@@ -54,7 +56,7 @@ def stored_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 def decode_original(path: Path, short_side: int) -> np.ndarray:
     """uint8 [h, w, 3]: the image file as RGB, resized (PIL bicubic, antialiased) to the store's size."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot read image {path}: {exc}. Replace or remove the file and its JSON entries.") from exc
@@ -91,7 +93,8 @@ class OriginalImages:
         self.pixels_path, self.index_path = stem.with_suffix(".u8"), stem.with_suffix(".index.npy")
         self.pixels_path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(stem) + ".lock"):
-            if not self.index_path.is_file():
+            if not (self.index_path.is_file() and verified(self.pixels_path, "stored originals")):
+                self.index_path.unlink(missing_ok=True)
                 self._build(paths, num_workers)
         self.index = np.load(self.index_path)
         expected = int((self.index[:, 1] * self.index[:, 2]).sum() * 3) if len(self.index) else 0
@@ -116,7 +119,12 @@ class OriginalImages:
                     offset += pixels.numel()
             np.save(tmp_index, index)
             os.replace(tmp_pixels, self.pixels_path)
-            os.replace(tmp_index, self.index_path)
+            write_checksum(self.pixels_path)
+            os.replace(tmp_index, self.index_path)  # last: a store with an index is complete
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise no_space(self.pixels_path.parent, offset, "stored originals") from None
+            raise
         finally:
             tmp_pixels.unlink(missing_ok=True)
             tmp_index.unlink(missing_ok=True)
