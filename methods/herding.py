@@ -47,6 +47,9 @@ class Herding(Method):
     description = "greedy mean matching in the joint pretrained image+text feature space"
     Params = HerdingParams
 
+    def text_kind(self, params: HerdingParams) -> str:
+        return "captions"
+
     def distill(self, ctx: DistillContext, params: HerdingParams) -> DistilledSet:
         img, txt = train_features(ctx.dataset.train, ctx.train_images, ctx.backbone, ctx.device, ctx.cache_dir)
         pair_image = torch.as_tensor(ctx.dataset.train.pair_image)

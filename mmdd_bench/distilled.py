@@ -41,6 +41,15 @@ def similarity_block(diag: torch.Tensor, left: torch.Tensor, right: torch.Tensor
     return torch.diag(diag) + scale * left @ right.T
 
 
+def similarity_of(extras: dict[str, torch.Tensor], indices: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``S[idx][:, idx]`` (all of S when ``indices`` is None) of the similarity in ``extras``; None if none."""
+    if "sim_full" in extras:
+        return extras["sim_full"] if indices is None else extras["sim_full"][indices][:, indices]
+    if not all(k in extras for k in LOW_RANK_SIMILARITY):
+        return None
+    return similarity_block(*(extras[k] for k in LOW_RANK_SIMILARITY), idx=indices)
+
+
 @dataclass
 class DistilledSet:
     """N image-text pairs. ``images`` are normalised model inputs [N, 3, H, W]; the text is one kind:
@@ -119,12 +128,10 @@ class DistilledSet:
     def similarity(self, indices: torch.Tensor | None = None) -> torch.Tensor | None:
         """The learned similarity between the pairs ``indices`` (all when None), ``S[idx][:, idx]``; None when
         the set carries none (its pairs are matched by identity)."""
-        if "sim_full" in self.extras:
-            full = self.extras["sim_full"]
-            return full if indices is None else full[indices][:, indices]
-        if not self.has_similarity:
-            return None
-        return similarity_block(*(self.extras[k] for k in LOW_RANK_SIMILARITY), idx=indices)
+        return similarity_of(self.extras, indices)
+
+    def similarity_extras(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.extras.items() if k in SIMILARITY_EXTRAS}
 
     def similarity_bytes(self) -> int:
         return int(sum(self.extras[k].numel() * self.extras[k].element_size()

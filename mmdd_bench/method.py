@@ -70,6 +70,12 @@ class Method:
         """The protocol that fits the sets these params produce (``--protocol auto``)."""
         return self.default_protocol
 
+    def text_kind(self, params: Any) -> str:
+        """The kind of text the sets these params produce (``"captions"``, ``"sentence_embeddings"`` or
+        ``"token_embeddings"``), so that a planner can check method x protocol pairs before any work."""
+        raise NotImplementedError(f"method {self.name!r} does not declare the text kind it produces; "
+                                  "implement Method.text_kind(params)")
+
     def distill(self, ctx: DistillContext, params: Any) -> DistilledSet:
         raise NotImplementedError
 
@@ -80,6 +86,10 @@ for _name, _ref in {
     "herding": "mmdd_bench.methods.herding:Herding",
     "covmatch": "mmdd_bench.methods.covmatch:CovMatch",
     "mtt-vl": "mmdd_bench.methods.mtt_vl:MTTVL",
+    "tesla-vl": "mmdd_bench.methods.lors:TeslaVL",
+    "lors": "mmdd_bench.methods.lors:LoRS",
+    "k-center": "mmdd_bench.methods.kcenter:KCenter",
+    "forgetting": "mmdd_bench.methods.forgetting:Forgetting",
 }.items():
     METHODS.add_lazy(_name, _ref)
 
