@@ -187,7 +187,7 @@ def tesla_gradient(model: DualEncoder, start: Params, target: Params, images: to
     towers = split_towers({k: v.detach() for k, v in start.items()})
     theta0 = join_towers(towers["image_encoder"], towers["text_head"])
     step_grad = grad(lambda ip, tp, x, t, s: student_loss(model, ip, tp, x, t, scale, loss, s), argnums=(0, 1))
-    eta_img, eta_txt = float(lr_image), float(lr_text)
+    eta_img, eta_txt = float(lr_image.detach()), float(lr_text.detach())
 
     # Phase 1: the unroll on detached data (no graph); keep each state, its RNG state, the sum G of the steps.
     states, rng_states = [], []
