@@ -80,11 +80,14 @@ def test_forgetting_counts_a_hand_made_correctness_sequence():
 def test_forgetting_counts_are_nonzero_on_real_training_and_cached(mini, tiny, cache_dir, monkeypatch):
     """Guards the chained fancy-indexing trap: on a real run some pairs must have forgetting events."""
     import mmdd_bench.methods.forgetting as forgetting
+    from mmdd_bench.data.augment import RealAugment
 
     m = get_method("forgetting")
-    params = m.Params(epochs=2)  # the contract test's settings: one training run (cached) serves both
+    params = m.Params(epochs=2)  # the contract test's settings: its cached run is this one
     ctx = DistillContext(mini, tiny, 10, 0, CPU, cache_dir)
-    stats = forgetting.forgetting_statistics(ctx, params)
+    stats = forgetting._count(ctx, params, RealAugment(mini, tiny.image_size))  # counted now, never from a cache
+    cached = forgetting.forgetting_statistics(ctx, params)
+    assert stats.keys() == cached.keys() and all(torch.equal(stats[k], cached[k]) for k in stats)
     for c in forgetting.CRITERIA:
         assert stats[f"events.{c}"].sum() > 0, c
         assert stats[f"ever_learned.{c}"].any(), c

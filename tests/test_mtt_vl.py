@@ -198,3 +198,21 @@ def test_short_run_is_bit_identical_to_the_code_before_the_trajectory_module(cac
     from mmdd_bench.params import identity_dict
 
     assert "lr_floor" not in identity_dict(get_method("mtt-vl").default_params(100, "shapes"))  # ids unchanged
+
+
+def test_expert_training_is_bit_identical_to_before_the_shared_epoch_helper(tmp_path, cache_dir, mini, tiny):
+    """``ExpertStore._train`` now runs ``experts.train_real_epoch`` (shared with ``forgetting``); cached
+    trajectories keep their key, so the numbers must not change. Fingerprint recorded from the code before
+    (commit d0f6a9c) on this machine."""
+    import hashlib
+
+    from mmdd_bench.data.images import ImageStore
+
+    images = ImageStore(mini.train.image_paths, tiny.image_size, cache_dir, mini.train.fingerprint, tiny.mean, tiny.std)
+    store = _store(cache_dir, mini, tiny)
+    store.root = tmp_path / "experts"
+    store.ensure(1, 1, mini, tiny, images, CPU)
+    digest = hashlib.sha256()
+    for _, v in sorted(store.snapshot(0, 1).items()):
+        digest.update(v.numpy().tobytes())
+    assert digest.hexdigest() == "77acf95382a121069ca1d80eeb34ea913ba103252fbfcf51aa22cc5207c1d4a7"
