@@ -86,7 +86,7 @@ for _name, _ref in {
     "herding": "mmdd_bench.methods.herding:Herding",
     "covmatch": "mmdd_bench.methods.covmatch:CovMatch",
     "mtt-vl": "mmdd_bench.methods.mtt_vl:MTTVL",
-    "tesla-vl": "mmdd_bench.methods.lors:TeslaVL",
+    "tesla-vl": "mmdd_bench.methods.tesla_vl:TeslaVL",
     "lors": "mmdd_bench.methods.lors:LoRS",
     "k-center": "mmdd_bench.methods.kcenter:KCenter",
     "forgetting": "mmdd_bench.methods.forgetting:Forgetting",
