@@ -245,9 +245,8 @@ class CovMatch(Method):
             if (it + 1) % 10 == 0 or it + 1 == params.iterations:
                 ctx.report(f"covmatch N={ctx.size} seed={ctx.seed}", it + 1, params.iterations)
         real_images.close()
-        text_kind = "token_embeddings" if params.text_trainable else "sentence_embeddings"
         return DistilledSet(
-            images=syn_images.detach().cpu(), text_kind=text_kind, text_embeddings=syn_text.detach().cpu(),
+            images=syn_images.detach().cpu(), text_kind=self.text_kind(params), text_embeddings=syn_text.detach().cpu(),
             attention_mask=syn_mask.cpu() if params.text_trainable else None, encoder_id=bb.text_encoder_id,
             extras={"source_pairs": torch.as_tensor(init_pairs, dtype=torch.long)},
             meta={"timings": {"iterations": params.iterations, **timer.summary(), "resumed_from_iteration": first},

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from mmdd_bench.distilled import DistilledSet
-from mmdd_bench.features import train_features
+from mmdd_bench.features import joint_features
 from mmdd_bench.method import DistillContext, Method
 from mmdd_bench.pairs import real_pairs
 
@@ -47,9 +46,11 @@ class Herding(Method):
     deterministic = True  # greedy on fixed features: every seed selects the same pairs
     Params = HerdingParams
 
+    def text_kind(self, params: HerdingParams) -> str:
+        return "captions"
+
     def distill(self, ctx: DistillContext, params: HerdingParams) -> DistilledSet:
-        img, txt = train_features(ctx.dataset.train, ctx.train_images, ctx.backbone, ctx.device, ctx.cache_dir)
-        pair_image = torch.as_tensor(ctx.dataset.train.pair_image)
-        joint = torch.cat([params.image_weight * F.normalize(img[pair_image], dim=-1), F.normalize(txt, dim=-1)], 1)
+        joint = joint_features(ctx.dataset.train, ctx.train_images, ctx.backbone, ctx.device, ctx.cache_dir,
+                               params.image_weight)
         chosen = herd(joint.to(ctx.device), ctx.size)
         return real_pairs(ctx, torch.as_tensor(chosen).numpy(), self.name)

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad
 
 from mmdd_bench.checkpoint import (
     load_checkpoint,
@@ -39,19 +38,28 @@ from mmdd_bench.checkpoint import (
     save_checkpoint,
 )
 from mmdd_bench.distilled import DistilledSet
-from mmdd_bench.encoders.heads import DualEncoder, contrastive_loss
+from mmdd_bench.encoders.heads import DualEncoder
 from mmdd_bench.errors import UsageError
-from mmdd_bench.experts import ExpertSettings, ExpertStore, split_towers
+from mmdd_bench.experts import ExpertStore
 from mmdd_bench.features import train_features
 from mmdd_bench.method import DistillContext, Method
 from mmdd_bench.pairs import initial_pairs
 from mmdd_bench.timing import IterationTimer
-
-Params = dict[str, torch.Tensor]
+from mmdd_bench.trajectory import (
+    ExpertFields,
+    SnapshotCache,
+    clamp_step_sizes,
+    ensure_experts,
+    matching_loss,
+    random_batches,
+    sample_start,
+    student_loss,
+    unroll,
+)
 
 
 @dataclass
-class MTTVLParams:
+class MTTVLParams(ExpertFields):
     iterations: int = 2000
     syn_steps: int = 8
     expert_epochs: int = 1
@@ -68,22 +76,18 @@ class MTTVLParams:
     expert_dtype: str = "float32"  # float16 / bfloat16 halve trajectory storage
     expert_seed: int = 0
     public_code_logit_scale: bool = False
+    # A positive floor for the learned step sizes (0: none, MTT-VL as published). Off here until issue 14
+    # decides; counted in a result's identity only when set, so today's mtt-vl results keep theirs.
+    lr_floor: float = dataclasses.field(default=0.0, metadata={"omit_default": True})
     # Operational, not part of a result's identity: iterations between checkpoints (0: never).
     checkpoint_every: int = dataclasses.field(default=100, metadata={"operational": True})
 
     def validate(self) -> None:
         if self.syn_steps < 1 or self.expert_epochs < 1 or self.max_start_epoch < 1 or self.num_experts < 1:
             raise UsageError("mtt-vl.syn_steps, expert_epochs, max_start_epoch and num_experts must be >= 1")
+        if self.lr_floor < 0:
+            raise UsageError(f"mtt-vl.lr_floor must be >= 0 (0: no floor), got {self.lr_floor}")
         self.expert_settings().validate()
-
-    def expert_settings(self) -> ExpertSettings:
-        return ExpertSettings(lr=self.expert_lr, batch_size=self.expert_batch, storage_dtype=self.expert_dtype,
-                              seed=self.expert_seed)
-
-    @property
-    def expert_train_epochs(self) -> int:
-        """The last epoch matching reads: start epochs are 0..max_start_epoch-1, targets expert_epochs later."""
-        return self.max_start_epoch - 1 + self.expert_epochs
 
 
 # Embedded datasets run on CPUs: 5 experts instead of 20, 200 iterations, and far lower pixel, text and
@@ -102,46 +106,10 @@ class MTTVLParams:
 EMBEDDED = {"iterations": 100, "num_experts": 5, "lr_images": 10.0, "lr_text": 0.3, "lr_lr": 0.001}
 
 
-SNAPSHOT_CACHE_BYTES = 2 * 2**30  # keep expert snapshots in memory up to this size (on disk, as stored)
-
-
 def logit_scale(public_code: bool) -> float:
     """``log`` of the similarity scale passed to ``contrastive_loss`` (which applies ``exp``)."""
     correct = DualEncoder.logit_scale  # log(1/0.07): scale 14.29
     return math.log(correct) if public_code else correct  # public code: scale log(1/0.07) = 2.66
-
-
-def student_loss(model: DualEncoder, image_params: Params, text_params: Params, images: torch.Tensor,
-                 text: torch.Tensor, scale: float) -> torch.Tensor:
-    """Contrastive loss of the frozen-text student with the given tower parameters (buffers from ``model``)."""
-    buffers = dict(model.image_encoder.named_buffers())
-    img = functional_call(model.image_encoder, (image_params, buffers), (images,))
-    txt = functional_call(model.text_head, text_params, (text,))
-    return contrastive_loss(img, txt, scale)
-
-
-def unroll(model: DualEncoder, start: Params, images: torch.Tensor, text: torch.Tensor, lr_image: torch.Tensor,
-           lr_text: torch.Tensor, batches: list[torch.Tensor], scale: float) -> Params:
-    """``len(batches)`` differentiable SGD steps from ``start``; the result depends on images, text and lrs."""
-    towers = split_towers(start)
-    image_p, text_p = towers["image_encoder"], towers["text_head"]
-    step_grad = grad(lambda ip, tp, x, t: student_loss(model, ip, tp, x, t, scale), argnums=(0, 1))
-    for idx in batches:
-        g_img, g_txt = step_grad(image_p, text_p, images[idx], text[idx])
-        image_p = {k: v - lr_image * g_img[k] for k, v in image_p.items()}
-        text_p = {k: v - lr_text * g_txt[k] for k, v in text_p.items()}
-    return {**{f"image_encoder.{k}": v for k, v in image_p.items()}, **{f"text_head.{k}": v for k, v in text_p.items()}}
-
-
-def matching_loss(student: Params, start: Params, target: Params) -> torch.Tensor:
-    """Sum over towers of ||student - target||^2 / ||start - target||^2."""
-    total = 0.0
-    for tower in ("image_encoder.", "text_head."):
-        keys = [k for k in target if k.startswith(tower)]
-        num = sum((student[k] - target[k]).pow(2).sum() for k in keys)
-        den = sum((start[k] - target[k]).pow(2).sum() for k in keys)
-        total = total + num / den
-    return total
 
 
 class MTTVL(Method):
@@ -166,10 +134,8 @@ class MTTVL(Method):
                 epochs: int | None = None, log: Callable[[str], None] = lambda s: None) -> tuple[ExpertStore, dict]:
         """The expert store these parameters read, with its experts trained up to what they need (or more:
         ``mmdd-bench experts`` trains ahead with the very settings a run will look up)."""
-        store = ExpertStore(ctx.cache_dir, ctx.dataset, ctx.backbone, params.expert_settings())
-        summary = store.ensure(num_experts or params.num_experts, epochs or params.expert_train_epochs, ctx.dataset,
-                               ctx.backbone, ctx.train_images, ctx.device, ctx.progress, log)
-        return store, summary
+        return ensure_experts(ctx, params.expert_settings(), num_experts or params.num_experts,
+                              epochs or params.expert_train_epochs, log)
 
     def distill(self, ctx: DistillContext, params: MTTVLParams) -> DistilledSet:
         params.validate()
@@ -217,16 +183,7 @@ class MTTVL(Method):
             restore_rng(tensors, gen, dev)
             rng.bit_generator.state = state["numpy_rng"]
             first, losses = state["iteration"], state["losses"]
-        # Snapshots are read once and kept when the experts in use fit the budget (they are never modified).
-        loaded: dict[tuple[int, int], Params] = {}
-        keep = store.summary(params.num_experts)["bytes_total"] <= SNAPSHOT_CACHE_BYTES
-
-        def snapshot(expert: int, epoch: int) -> Params:
-            if not keep:
-                return store.snapshot(expert, epoch, dev)
-            if (expert, epoch) not in loaded:
-                loaded[(expert, epoch)] = store.snapshot(expert, epoch, dev)
-            return loaded[(expert, epoch)]
+        snapshot = SnapshotCache(store, params.num_experts, dev)
 
         timer = IterationTimer(dev)
         for it in range(first, params.iterations):
@@ -236,12 +193,11 @@ class MTTVL(Method):
                     **momentum_tensors(momentum),
                     **rng_tensors(gen, dev),
                 }, {"iteration": it, "losses": losses, "numpy_rng": rng.bit_generator.state})
-            expert = int(rng.integers(params.num_experts))
-            start_epoch = int(rng.integers(params.max_start_epoch))
+            expert, start_epoch = sample_start(rng, params.num_experts, params.max_start_epoch)
             with timer.part("data"):  # expert snapshots (read once, then from memory) and mini-batches
                 start = snapshot(expert, start_epoch)
                 target = snapshot(expert, start_epoch + params.expert_epochs)
-                batches = [torch.randperm(ctx.size, generator=gen)[:batch].to(dev) for _ in range(params.syn_steps)]
+                batches = random_batches(ctx.size, batch, params.syn_steps, gen, dev)
             with timer.part("model"):
                 student = unroll(model, start, syn_images, syn_text, lr_image, lr_text, batches, scale)
                 loss = matching_loss(student, start, target)
@@ -252,6 +208,7 @@ class MTTVL(Method):
                 loss.backward(inputs=[syn_images, syn_text, lr_image, lr_text])
                 for opt in optimizers:
                     opt.step()
+                clamp_step_sizes(params.lr_floor, lr_image, lr_text)
             if it % 10 == 0:
                 losses.append(round(loss.item(), 4))
             timer.tick()

@@ -15,6 +15,9 @@ class RandomSubset(Method):
     default_protocol = "trainable-text"
     description = "uniformly random real pairs (distinct images), seeded"
 
+    def text_kind(self, params) -> str:
+        return "captions"
+
     def distill(self, ctx: DistillContext, params) -> DistilledSet:
         train = ctx.dataset.train
         rng = np.random.default_rng(ctx.seed)

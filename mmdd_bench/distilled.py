@@ -2,6 +2,10 @@
 
 Stored as ``NAME.safetensors`` (tensors) + ``NAME.json`` (captions and metadata), never pickle, so
 loading a set from someone else cannot execute code.
+
+Budgets are counted the way the field counts them: a set says its budget in pairs (``budget_pairs``, by
+default its length). LoRS stores N-1 pairs plus a learned similarity for a budget of N, which is fair only
+when the similarity's tensors fit in the freed pair's bytes; ``check_budget`` is that rule.
 """
 
 from __future__ import annotations
@@ -24,6 +28,29 @@ FORMAT_VERSION = 1
 LEARNED_LRS = ("lr_image", "lr_text")  # learned step sizes a set may carry for its students
 # Extras that record where a set came from rather than what a student trains on: free of budget.
 BOOKKEEPING_EXTRAS = ("source_pairs",)
+# A learned similarity between the set's pairs (LoRS), as extras: low rank S = diag(sim_diag) + sim_scale *
+# sim_left @ sim_right^T ([N], [N, r], [N, r], a 0-dim scale alpha/r), or a full matrix sim_full [N, N].
+LOW_RANK_SIMILARITY = ("sim_diag", "sim_left", "sim_right", "sim_scale")
+SIMILARITY_EXTRAS = (*LOW_RANK_SIMILARITY, "sim_full")
+
+
+def similarity_block(diag: torch.Tensor, left: torch.Tensor, right: torch.Tensor, scale: torch.Tensor,
+                     idx: torch.Tensor | None = None) -> torch.Tensor:
+    """``S[idx][:, idx]`` of the low-rank S = diag(diag) + scale * left @ right^T, without forming S.
+
+    Differentiable in every argument: autograd scatters a batch's gradients into the rows ``idx``."""
+    if idx is not None:
+        diag, left, right = diag[idx], left[idx], right[idx]
+    return torch.diag(diag) + scale * left @ right.T
+
+
+def similarity_of(extras: dict[str, torch.Tensor], indices: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``S[idx][:, idx]`` (all of S when ``indices`` is None) of the similarity in ``extras``; None if none."""
+    if "sim_full" in extras:
+        return extras["sim_full"] if indices is None else extras["sim_full"][indices][:, indices]
+    if not all(k in extras for k in LOW_RANK_SIMILARITY):
+        return None
+    return similarity_block(*(extras[k] for k in LOW_RANK_SIMILARITY), idx=indices)
 
 
 @dataclass
@@ -33,7 +60,8 @@ class DistilledSet:
     - ``captions``: N strings;
     - ``sentence_embeddings``: [N, d] features of the text encoder ``encoder_id``;
     - ``token_embeddings``: [N, L, d] input embeddings of ``encoder_id`` plus ``attention_mask`` [N, L].
-    ``extras`` holds other tensors (learned learning rates, source indices, ...).
+    ``extras`` holds other tensors (learned learning rates, source indices, a learned similarity: see
+    ``SIMILARITY_EXTRAS``). ``budget_pairs`` is the budget the set was made for (None: its length).
     """
 
     images: torch.Tensor
@@ -44,9 +72,15 @@ class DistilledSet:
     encoder_id: str | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    budget_pairs: int | None = None
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
+        if self.budget_pairs is None:
+            self.budget_pairs = n
+        if isinstance(self.budget_pairs, bool) or not isinstance(self.budget_pairs, int) or self.budget_pairs < n:
+            raise ValueError(f"budget_pairs must be an int >= the {n} pairs stored, got {self.budget_pairs!r}")
+        self._check_similarity(n)
         if self.text_kind not in TEXT_KINDS:
             raise ValueError(f"text_kind must be one of {TEXT_KINDS}, got {self.text_kind!r}")
         if self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -84,28 +118,55 @@ class DistilledSet:
                 if lr.numel() != 1 or not lr.is_floating_point() or not bool(torch.isfinite(lr).all()):
                     raise ValueError(f"extras.{name} must be one finite floating-point number, got shape "
                                      f"{tuple(lr.shape)} {lr.dtype}")
-        if self.budget_pairs < n:
-            raise ValueError(f"budget_pairs {self.budget_pairs} is smaller than the {n} pairs the set holds")
+
+    def _check_similarity(self, n: int) -> None:
+        present = [k for k in SIMILARITY_EXTRAS if k in self.extras]
+        if not present:
+            return
+        if "sim_full" in present:
+            if len(present) > 1:
+                raise ValueError(f"a set carries a full (sim_full) or a low-rank similarity, not both: {present}")
+            if tuple(self.extras["sim_full"].shape) != (n, n):
+                raise ValueError(f"sim_full must be [{n}, {n}], got {tuple(self.extras['sim_full'].shape)}")
+            return
+        missing = [k for k in LOW_RANK_SIMILARITY if k not in present]
+        if missing:
+            raise ValueError(f"a low-rank similarity needs all of {', '.join(LOW_RANK_SIMILARITY)}; missing {missing}")
+        diag, left, right, scale = (self.extras[k] for k in LOW_RANK_SIMILARITY)
+        if tuple(diag.shape) != (n,) or left.ndim != 2 or left.shape[0] != n or left.shape != right.shape:
+            raise ValueError(f"low-rank similarity: expected sim_diag [{n}] and sim_left, sim_right [{n}, r]; got "
+                             f"{tuple(diag.shape)}, {tuple(left.shape)}, {tuple(right.shape)}")
+        if scale.numel() != 1:
+            raise ValueError(f"sim_scale must be one number, got shape {tuple(scale.shape)}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     @property
-    def budget_pairs(self) -> int:
-        """The pair budget the set counts against: its length, or more when it trades pairs for other
-        parameters (LoRS stores N-1 pairs plus its similarity for a budget of N)."""
-        return int(self.meta.get("budget_pairs", self.images.shape[0]))
+    def has_similarity(self) -> bool:
+        return any(k in self.extras for k in SIMILARITY_EXTRAS)
 
-    def pair_bytes(self) -> int:
-        """Bytes of one pair (an image and its text), the unit a budget in pairs is paid in."""
-        n = max(len(self), 1)
+    def similarity(self, indices: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The learned similarity between the pairs ``indices`` (all when None), ``S[idx][:, idx]``; None when
+        the set carries none (its pairs are matched by identity)."""
+        return similarity_of(self.extras, indices)
+
+    def similarity_extras(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.extras.items() if k in SIMILARITY_EXTRAS}
+
+    def similarity_bytes(self) -> int:
+        return int(sum(self.extras[k].numel() * self.extras[k].element_size()
+                       for k in SIMILARITY_EXTRAS if k in self.extras))
+
+    def bytes_per_pair(self) -> float:
+        """Mean bytes of one stored pair: its image plus its text (embedding and mask, or caption)."""
         total = self.images.numel() * self.images.element_size()
+        if self.captions is not None:
+            total += sum(len(c.encode()) for c in self.captions)
         for t in (self.text_embeddings, self.attention_mask):
             if t is not None:
                 total += t.numel() * t.element_size()
-        if self.captions is not None:
-            total += sum(len(c.encode()) for c in self.captions)
-        return total // n
+        return total / len(self)
 
     def storage_bytes(self) -> int:
         """Bytes a user must store: pixels + text + extras (the budget besides the pair count)."""
@@ -131,6 +192,8 @@ class DistilledSet:
         header = {"format": "mmdd-bench distilled set", "format_version": FORMAT_VERSION,
                   "text_kind": self.text_kind, "captions": self.captions, "encoder_id": self.encoder_id,
                   "meta": self.meta}
+        if self.budget_pairs != len(self):  # only when it says more than the length: old headers stay as they were
+            header["budget_pairs"] = self.budget_pairs
         st_path, json_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
         tmp_st = st_path.with_suffix(f".safetensors.tmp{os.getpid()}")
         tmp_js = json_path.with_suffix(f".json.tmp{os.getpid()}")
@@ -170,23 +233,31 @@ class DistilledSet:
                 encoder_id=header.get("encoder_id"),
                 extras={k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")},
                 meta=header.get("meta", {}),
+                budget_pairs=header.get("budget_pairs"),
             )
         except (KeyError, ValueError) as exc:
             raise DataError(f"distilled set {stem} is inconsistent: {exc}") from exc
 
 
-def check_budget(distilled: DistilledSet, size: int, method: str) -> None:
-    """A set made for a budget of ``size`` pairs: ``size`` pairs, or fewer when what it stores besides them
-    (a learned similarity, ...) fits in the bytes of the pairs it gave up."""
-    n, budget = len(distilled), distilled.budget_pairs
-    if budget != size:
-        raise RuntimeError(f"method {method!r} made a set for a budget of {budget} pairs, asked for {size}")
+class BudgetError(ValueError):
+    """A set that breaks the pair budget it was asked for: a method's bug, recorded as that cell's failure."""
+
+
+def check_budget(distilled: DistilledSet, size: int, method: str = "the method") -> None:
+    """The field's budget rule for a set asked for ``size`` pairs: it was made for that budget, stores at most
+    ``size`` pairs, and when it stores fewer, what it stores besides its pairs (a learned similarity, ...;
+    not its learned step sizes or its bookkeeping) fits in the freed pairs' bytes (LoRS: N-1 pairs and S)."""
+    n = len(distilled)
+    if distilled.budget_pairs != size:
+        raise BudgetError(f"{method} made a set for a budget of {distilled.budget_pairs} pairs, asked for {size}; "
+                          f"distil it again at size {size}.")
     if n > size:
-        raise RuntimeError(f"method {method!r} returned {n} pairs, asked for {size}")
+        raise BudgetError(f"{method} returned {n} pairs, more than its budget of {size}.")
     if n < size:
         extra = sum(t.numel() * t.element_size() for k, t in distilled.extras.items()
                     if k not in BOOKKEEPING_EXTRAS and k not in LEARNED_LRS)
-        allowed = (size - n) * distilled.pair_bytes()
-        if extra > allowed:
-            raise RuntimeError(f"method {method!r} returned {n} pairs for a budget of {size} with {extra} bytes of extra "
-                               f"tensors; the {size - n} freed pairs pay for {allowed} bytes only")
+        freed = (size - n) * distilled.bytes_per_pair()
+        if extra > freed:
+            raise BudgetError(f"{method} stores {n} pairs for a budget of {size}, but its extra tensors take {extra} "
+                              f"bytes, more than the {freed:.0f} bytes of the {size - n} freed pair(s); store fewer "
+                              f"parameters (e.g. a lower similarity rank) or store {size} pairs.")

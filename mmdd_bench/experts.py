@@ -46,7 +46,7 @@ from .checkpoint import restore_rng, rng_tensors
 from .data.augment import augment_identity
 from .data.images import ImageStore
 from .data.real_batches import RealBatches
-from .data.splits import Dataset
+from .data.splits import Dataset, TrainSplit
 from .encoders.backbone import Backbone
 from .encoders.heads import DualEncoder, contrastive_loss
 from .errors import UsageError
@@ -97,6 +97,38 @@ def split_towers(params: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.T
         tower, _, name = key.partition(".")
         towers[tower][name] = value
     return towers
+
+
+# Called after every real batch's forward pass, before the step: (pair indices, projected image features,
+# projected text features), the features detached.
+BatchCallback = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def train_real_epoch(model: DualEncoder, opt: torch.optim.Optimizer, text: torch.Tensor, train: TrainSplit,
+                     real_images: RealBatches, batch_size: int, gen: torch.Generator, device: torch.device,
+                     what: str, on_batch: BatchCallback | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> None:
+    """One epoch of the frozen-text model on the real pairs (shuffled by ``gen``, the last batch kept), with
+    the experts' loss and augmentation: the recipe experts and ``forgetting``'s statistics share. ``text``
+    holds the frozen encoder's features of every pair; the epoch's real batches are prepared ahead."""
+    model.train()
+    model.text_encoder.eval()
+    batches = torch.randperm(train.n_pairs, generator=gen).split(batch_size)
+    steps = len(batches)
+    reals = real_images.stream([idx.numpy() for idx in batches], gen)
+    for step, (idx, real) in enumerate(zip(batches, reals, strict=True), 1):
+        _, g_img = model.image_features(real)
+        g_txt = model.text_head(text[idx.to(device)])
+        loss = contrastive_loss(g_img, g_txt)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{what}: loss became {loss.item()}; lower the lr")
+        if on_batch is not None:
+            on_batch(idx, g_img.detach(), g_txt.detach())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress and (step % 20 == 0 or step == steps):
+            progress(step, steps)
 
 
 class ExpertStore:
@@ -204,22 +236,11 @@ class ExpertStore:
                 self._save_epoch(index, 0, params, gen, device)
                 done = 0
             opt = torch.optim.SGD(list(params.values()), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-            steps = -(-train.n_pairs // s.batch_size)
             for epoch in range(done + 1, epochs + 1):
-                model.train()
-                model.text_encoder.eval()
-                batches = torch.randperm(train.n_pairs, generator=gen).split(s.batch_size)
-                reals = real_images.stream([idx.numpy() for idx in batches], gen)  # prepared ahead
-                for step, (idx, real) in enumerate(zip(batches, reals, strict=True), 1):
-                    _, g_img = model.image_features(real)
-                    loss = contrastive_loss(g_img, model.text_head(text[idx.to(device)]))
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"expert {index} loss became {loss.item()} in epoch {epoch}; lower the expert lr")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    if progress and (step % 20 == 0 or step == steps):
-                        progress(f"expert {index} epoch {epoch}/{epochs}", step, steps)
+                train_real_epoch(model, opt, text, train, real_images, s.batch_size, gen, device,
+                                 f"expert {index} (epoch {epoch})",
+                                 progress=(lambda d, t, e=epoch: progress(f"expert {index} epoch {e}/{epochs}", d, t))
+                                 if progress else None)
                 self._save_epoch(index, epoch, params, gen, device)
         real_images.close()
         return time.perf_counter() - start
@@ -255,4 +276,5 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["EXPERTS_CODE_VERSION", "ExpertSettings", "ExpertStore", "split_towers", "trainable_parameters"]
+__all__ = ["EXPERTS_CODE_VERSION", "BatchCallback", "ExpertSettings", "ExpertStore", "split_towers",
+           "train_real_epoch", "trainable_parameters"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from filelock import FileLock
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -48,3 +49,12 @@ def train_features(split: TrainSplit, images: ImageStore, backbone: Backbone, de
             os.replace(tmp, path)
     data = load_file(str(path))
     return data["image"], data["text"]
+
+
+def joint_features(split: TrainSplit, images: ImageStore, backbone: Backbone, device: torch.device, cache_dir: Path,
+                   image_weight: float = 1.0) -> torch.Tensor:
+    """Per pair: [image_weight * L2-normalised image feature, L2-normalised text feature] of the frozen
+    pretrained encoders, the space ``herding`` and ``k-center`` select in."""
+    img, txt = train_features(split, images, backbone, device, cache_dir)
+    pair_image = torch.as_tensor(split.pair_image)
+    return torch.cat([image_weight * F.normalize(img[pair_image], dim=-1), F.normalize(txt, dim=-1)], 1)

@@ -76,8 +76,9 @@ class Method:
         return params
 
     def text_kind(self, params: Any) -> TextKind:
-        """The kind of text the sets made with ``params`` carry: the planner checks it against each protocol
-        of a run before any work starts."""
+        """The kind of text the sets made with ``params`` carry (``captions`` by default, as coresets return;
+        a method that learns embeddings says ``sentence_embeddings`` or ``token_embeddings``): the planner
+        checks it against each protocol of a run before any work starts."""
         return "captions"
 
     def protocol_for(self, params: Any) -> str:
@@ -94,6 +95,10 @@ for _name, _ref in {
     "herding": "mmdd_bench.methods.herding:Herding",
     "covmatch": "mmdd_bench.methods.covmatch:CovMatch",
     "mtt-vl": "mmdd_bench.methods.mtt_vl:MTTVL",
+    "tesla-vl": "mmdd_bench.methods.tesla_vl:TeslaVL",
+    "lors": "mmdd_bench.methods.lors:LoRS",
+    "k-center": "mmdd_bench.methods.kcenter:KCenter",
+    "forgetting": "mmdd_bench.methods.forgetting:Forgetting",
 }.items():
     METHODS.add_lazy(_name, _ref)
 

@@ -153,8 +153,9 @@ def build_record(spec: RecordSpec, *, status: str, started: str, device: str, re
                     versions=versions(), environment=environment(device), command=command(),
                     timings=dict(timings or {}), peak_memory_mb=dict(memory or {}), notes=list(notes or []))
     if distilled is not None:
+        rec.notes += [str(n) for n in distilled.meta.get("notes", []) if isinstance(n, str)]  # the method's own
         rec.n_pairs = len(distilled)
-        rec.budget_pairs = int(distilled.meta.get("budget_pairs", len(distilled)))
+        rec.budget_pairs = distilled.budget_pairs
         rec.storage_bytes = distilled.storage_bytes()
     if result is not None:
         rec.metrics = {"mean": result.mean, "std": result.std, "per_student": result.per_student}

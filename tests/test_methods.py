@@ -34,3 +34,27 @@ def test_herding_mean_error_is_small():
     rand_err = np.mean([(feats[rng.choice(500, 20, replace=False)].mean(0) - feats.mean(0)).norm().item()
                         for _ in range(20)])
     assert herd_err < 0.5 * rand_err
+
+
+def test_every_built_in_method_declares_the_text_kind_it_produces():
+    from mmdd_bench.distilled import TEXT_KINDS
+    from mmdd_bench.method import METHODS
+
+    want = {"random": "captions", "herding": "captions", "k-center": "captions", "forgetting": "captions",
+            "covmatch": "token_embeddings", "mtt-vl": "sentence_embeddings", "tesla-vl": "sentence_embeddings",
+            "lors": "sentence_embeddings"}
+    assert set(want) <= set(METHODS.names())
+    for name, kind in want.items():
+        method = get_method(name)
+        assert method.text_kind(method.default_params(100, "shapes")) == kind in TEXT_KINDS, name
+    covmatch = get_method("covmatch")
+    frozen = covmatch.default_params(100, "shapes")
+    frozen.text_trainable = False
+    assert covmatch.text_kind(frozen) == "sentence_embeddings"
+
+    from mmdd_bench.method import Method
+
+    class Undeclared(Method):  # a coreset plugin need not declare it: raw captions are the default
+        name = "undeclared"
+
+    assert Undeclared().text_kind(None) == "captions"

@@ -176,3 +176,43 @@ def test_published_defaults_and_embedded_defaults():
     assert paper.num_experts == 20 and paper.expert_train_epochs == 2
     assert method.default_protocol == "frozen-text"
     assert method.default_params(100, "shapes").num_experts < 20
+
+
+def test_short_run_is_bit_identical_to_the_code_before_the_trajectory_module(cache_dir, mini, tiny):
+    """mtt-vl moved onto ``mmdd_bench.trajectory`` by pure code motion: its results (and version) stay.
+
+    The fingerprint was recorded from the code before the move (commit d0f6a9c) on this project's CPU
+    machine with this test's settings; the published lrs (1000 / 1000 / 0.01) make it sensitive to any
+    change of the unroll's arithmetic. Floating-point results may differ on another CPU or torch build."""
+    import hashlib
+
+    params = MTTVLParams(iterations=3, num_experts=1, syn_steps=2, mini_batch=4, checkpoint_every=0)
+    torch.manual_seed(0)
+    d = get_method("mtt-vl").distill(DistillContext(mini, tiny, 6, 0, CPU, cache_dir), params)
+    digest = hashlib.sha256()
+    for t in (d.images, d.text_embeddings, d.extras["lr_image"], d.extras["lr_text"]):
+        digest.update(t.contiguous().numpy().tobytes())
+    assert d.meta["loss_every_10"] == [3.3972]
+    assert digest.hexdigest() == "15e392b314f0cdf79aa34ed85772ab76ffe496292e47e7d9c75b8fd997928362"
+    assert get_method("mtt-vl").version == "1"
+    from mmdd_bench.params import identity_dict
+
+    assert "lr_floor" not in identity_dict(get_method("mtt-vl").default_params(100, "shapes"))  # ids unchanged
+
+
+def test_expert_training_is_bit_identical_to_before_the_shared_epoch_helper(tmp_path, cache_dir, mini, tiny):
+    """``ExpertStore._train`` now runs ``experts.train_real_epoch`` (shared with ``forgetting``); cached
+    trajectories keep their key, so the numbers must not change. Fingerprint recorded from the code before
+    (commit d0f6a9c) on this machine."""
+    import hashlib
+
+    from mmdd_bench.data.images import ImageStore
+
+    images = ImageStore(mini.train.image_paths, tiny.image_size, cache_dir, mini.train.fingerprint, tiny.mean, tiny.std)
+    store = _store(cache_dir, mini, tiny)
+    store.root = tmp_path / "experts"
+    store.ensure(1, 1, mini, tiny, images, CPU)
+    digest = hashlib.sha256()
+    for _, v in sorted(store.snapshot(0, 1).items()):
+        digest.update(v.numpy().tobytes())
+    assert digest.hexdigest() == "77acf95382a121069ca1d80eeb34ea913ba103252fbfcf51aa22cc5207c1d4a7"

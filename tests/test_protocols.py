@@ -119,3 +119,73 @@ def test_mtt_vl_protocol_is_its_published_schedule_with_one_learned_lr(tiny):
     assert lrs == {"encoder": pytest.approx(0.05), "projection": pytest.approx(0.3)}  # LoRS's: one per tower
     coreset = DistilledSet(torch.zeros(2, 3, 32, 32), "captions", captions=["a", "b"])
     assert p.learning_rates(coreset, tiny, paper)[0] == {"encoder": tiny.lr_encoder, "projection": tiny.lr_projection}
+
+
+def _sentence_set(mini, tiny, cache_dir, n=16, **kw):
+    from mmdd_bench.data.images import ImageStore
+    from mmdd_bench.features import train_features
+
+    store = ImageStore(mini.train.image_paths, tiny.image_size, cache_dir, mini.train.fingerprint, tiny.mean, tiny.std)
+    pairs = list(range(0, 5 * n, 5))
+    _, txt = train_features(mini.train, store, tiny, CPU, cache_dir)
+    return DistilledSet(store.batch(mini.train.pair_image[pairs]), "sentence_embeddings", text_embeddings=txt[pairs],
+                        encoder_id=tiny.text_encoder_id, **kw)
+
+
+def test_sets_without_a_similarity_train_and_are_identified_exactly_as_before(mini, tiny, cache_dir):
+    """Recorded from the code before the loss hook (commit d0f6a9c), on this machine: the trained student's
+    weights, bit for bit; and the eval parameters' identity has no new keys."""
+    import dataclasses
+    import hashlib
+
+    from mmdd_bench.params import identity_dict
+
+    p = get_protocol("frozen-text")
+    d = _sentence_set(mini, tiny, cache_dir)
+    params = quick(p, epochs=3, n_students=1, batch_size=8)
+    assert p.student_loss(d, params, CPU) == (None, [])
+    model = tiny.dual_encoder(text_trainable=False, image_head=False, seed=5, device=CPU)
+    p.train_student(model, d.images, p.student_text(d, tiny, CPU), params, p.learning_rates(d, tiny, params)[0], 5, CPU)
+    digest = hashlib.sha256()
+    for _, v in sorted(model.state_dict().items()):
+        digest.update(v.contiguous().numpy().tobytes())
+    assert digest.hexdigest() == "89ae21844ae845c52ac1fb7db9ecd47d54a14ffcafbb79576f81464a7b9a5f69"
+    old_keys = {f.name for f in dataclasses.fields(params)} - {"use_learned_similarity", "student_loss", "val_every"}
+    assert set(identity_dict(params)) == old_keys
+    assert identity_dict(quick(p, use_learned_similarity=False))["use_learned_similarity"] is False
+
+
+def _lors_like(mini, tiny, cache_dir, n=16):
+    g = torch.Generator().manual_seed(0)
+    extras = {"sim_diag": torch.ones(n), "sim_left": torch.randn(n, 2, generator=g),
+              "sim_right": 0.3 * torch.randn(n, 2, generator=g), "sim_scale": torch.tensor(0.5)}
+    return _sentence_set(mini, tiny, cache_dir, n, extras=extras, budget_pairs=n + 1,
+                         meta={"student_loss": "wbce", "similarity": {"kind": "lowrank", "rank": 2}})
+
+
+def test_frozen_text_trains_with_the_sets_learned_similarity_and_loss(mini, tiny, cache_dir):
+    from mmdd_bench.encoders.losses import soft_contrastive_loss
+
+    p = get_protocol("frozen-text")
+    d = _lors_like(mini, tiny, cache_dir)
+    loss, notes = p.student_loss(d, quick(p), CPU)
+    assert notes == ["students trained with the wbce loss against the set's learned similarity (lowrank, rank 2)"]
+    g = torch.Generator().manual_seed(1)
+    img, txt, idx = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g), torch.tensor([3, 0, 9, 4])
+    assert torch.equal(loss(img, txt, idx), soft_contrastive_loss(img, txt, d.similarity()[idx][:, idx], "wbce"))
+    override, notes = p.student_loss(d, quick(p, student_loss="infonce"), CPU)
+    assert torch.equal(override(img, txt, idx), soft_contrastive_loss(img, txt, d.similarity(idx), "infonce"))
+    plain, notes = p.student_loss(d, quick(p, use_learned_similarity=False), CPU)
+    assert plain is None and "plain InfoNCE" in notes[0]
+    # TESLA-VL's sets: a loss and no similarity -> that loss against identity targets.
+    tesla = _sentence_set(mini, tiny, cache_dir, meta={"student_loss": "wbce"})
+    loss, notes = p.student_loss(tesla, quick(p), CPU)
+    assert "identity targets" in notes[0]
+    assert torch.equal(loss(img, txt, idx), soft_contrastive_loss(img, txt, None, "wbce"))
+    # The whole evaluation: both ways scored, and they differ.
+    with_s = p.evaluate(d, mini, tiny, quick(p, n_students=1), 0, CPU, cache_dir)
+    without = p.evaluate(d, mini, tiny, quick(p, n_students=1, use_learned_similarity=False), 0, CPU, cache_dir)
+    assert any("learned similarity" in n for n in with_s.notes)
+    assert with_s.per_student != without.per_student
+    with pytest.raises(UsageError, match="student_loss"):
+        quick(p, student_loss="mse")

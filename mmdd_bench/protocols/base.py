@@ -20,6 +20,7 @@ from ..data.splits import Dataset, RetrievalSplit
 from ..distilled import DistilledSet
 from ..encoders.backbone import Backbone
 from ..encoders.heads import DualEncoder, contrastive_loss
+from ..encoders.losses import LOSS_KINDS
 from ..errors import UsageError
 from ..metrics import METRIC_NAMES, retrieval_metrics
 from ..params import apply_overrides, identity_dict, param, variant_label
@@ -39,6 +40,12 @@ class EvalParams:
     selection: str = param("final", choices=("final", "val"))  # final epoch, or best r_mean on val (never test)
     val_every: int = param(10, ge=1)  # only with selection=val
     use_learned_lrs: bool = True  # frozen-text: take learned step sizes a set carries (MTT-VL, LoRS)
+    # frozen-text: train students with the learned similarity and soft-label loss a set carries (LoRS's
+    # evaluation); false scores the same set with plain InfoNCE. Added later: in a result's identity only when
+    # set, so sets without a similarity keep their records.
+    use_learned_similarity: bool = param(True, omit_default=True)
+    # The student's loss, overriding the set's ("": the set's, else InfoNCE).
+    student_loss: str = param("", choices=("", *LOSS_KINDS), omit_default=True)
 
     def inactive_fields(self) -> set[str]:
         return {"val_every"} if self.selection == "final" else set()
@@ -73,6 +80,8 @@ def summarize(per_student: list[dict[str, float]]) -> tuple[dict[str, float], di
 
 # How a student's text enters: (model, sample indices) -> projected text features.
 TextBatches = Callable[[DualEncoder, torch.Tensor], torch.Tensor]
+# A student's loss on a batch: (projected image features, projected text features, sample indices) -> scalar.
+StudentLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Protocol:
@@ -92,6 +101,11 @@ class Protocol:
     def test_text_features(self, model: DualEncoder, split: RetrievalSplit, backbone: Backbone,
                            device: torch.device, cache: dict) -> torch.Tensor:
         raise NotImplementedError
+
+    def student_loss(self, distilled: DistilledSet, params: EvalParams,
+                     device: torch.device) -> tuple[StudentLoss | None, list[str]]:
+        """The students' loss and notes about it; None: InfoNCE with diagonal targets (``contrastive_loss``)."""
+        return None, []
 
     def learning_rates(self, distilled: DistilledSet, backbone: Backbone, params: EvalParams) -> tuple[dict[str, float], list[str]]:
         params = self.resolve_params(params, backbone)
@@ -150,6 +164,8 @@ class Protocol:
         start = time.perf_counter()
         backbone.to(device)
         lrs, notes = self.learning_rates(distilled, backbone, params)
+        loss, loss_notes = self.student_loss(distilled, params, device)
+        notes = notes + loss_notes
         test_images = ImageStore(dataset.test.image_paths, backbone.image_size, cache_dir,
                                  dataset.test.fingerprint, backbone.mean, backbone.std)
         val_images = None
@@ -172,6 +188,7 @@ class Protocol:
                 model, images, text, params, lrs, student_seed, device,
                 validate=(lambda m: score(dataset.val, val_images, m)) if val_images is not None else None,
                 progress=(lambda d, t, k=k: progress(f"student {k + 1}/{params.n_students}", d, t)) if progress else None,
+                loss=loss,
             )
             per_student.append(score(dataset.test, test_images))
             selected.append(best_epoch)
@@ -182,8 +199,10 @@ class Protocol:
     def train_student(self, model: DualEncoder, images: torch.Tensor, text: TextBatches, params: EvalParams,
                       lrs: dict[str, float], seed: int, device: torch.device,
                       validate: Callable[[DualEncoder], dict[str, float]] | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> int:
-        """SGD with momentum, lr x0.1 at ``lr_decay_epoch``; returns the selected epoch (1-based)."""
+                      progress: Callable[[int, int], None] | None = None, loss: StudentLoss | None = None) -> int:
+        """SGD with momentum, lr x0.1 at ``lr_decay_epoch``; returns the selected epoch (1-based).
+
+        ``loss``: the batch loss (``student_loss``); None is InfoNCE with diagonal targets."""
         groups = [{"params": model.encoder_parameters(), "lr": lrs["encoder"]},
                   {"params": model.head_parameters(), "lr": lrs["projection"]}]
         opt = torch.optim.SGD([g for g in groups if g["params"]], momentum=params.momentum,
@@ -202,13 +221,14 @@ class Protocol:
                 for idx in torch.randperm(n, generator=gen).split(params.batch_size):
                     idx_dev = idx.to(device)
                     _, g_img = model.image_features(images[idx_dev])
-                    loss = contrastive_loss(g_img, text(model, idx_dev))
-                    if not torch.isfinite(loss):
+                    g_txt = text(model, idx_dev)
+                    batch_loss = contrastive_loss(g_img, g_txt) if loss is None else loss(g_img, g_txt, idx_dev)
+                    if not torch.isfinite(batch_loss):
                         raise FloatingPointError(
-                            f"student loss became {loss.item()} at epoch {epoch}; lower eval.lr_encoder / eval.lr_projection"
+                            f"student loss became {batch_loss.item()} at epoch {epoch}; lower eval.lr_encoder / eval.lr_projection"
                         )
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    batch_loss.backward()
                     opt.step()
                 sched.step()
                 if validate is not None and (epoch % params.val_every == 0 or epoch == params.epochs):

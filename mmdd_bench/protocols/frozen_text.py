@@ -1,15 +1,20 @@
 """``frozen-text`` (MTT-VL / LoRS): the image encoder and the text projection train; the text encoder is
-frozen, so text enters as sentence features computed once by the pretrained encoder."""
+frozen, so text enters as sentence features computed once by the pretrained encoder.
+
+A set that carries a learned similarity S or a soft-label loss (LoRS, TESLA-VL) trains its students with
+that loss against ``S[batch][:, batch]`` (the identity when it carries no S), as LoRS's evaluation does;
+``eval.use_learned_similarity=false`` trains them with plain InfoNCE instead. Other sets train as before."""
 
 from __future__ import annotations
 
 import torch
 
 from ..data.splits import RetrievalSplit
-from ..distilled import DistilledSet
+from ..distilled import DistilledSet, similarity_of
 from ..encoders.backbone import Backbone, encode_captions
 from ..encoders.heads import DualEncoder
-from .base import EvalParams, Protocol, TextBatches
+from ..encoders.losses import soft_contrastive_loss
+from .base import EvalParams, Protocol, StudentLoss, TextBatches
 
 
 @torch.no_grad()
@@ -43,6 +48,25 @@ class FrozenTextProtocol(Protocol):
             cache[key] = encode_captions(encoder, backbone, split.captions, device)
         with torch.no_grad():
             return model.text_head(cache[key])
+
+    def student_loss(self, distilled: DistilledSet, params: EvalParams,
+                     device: torch.device) -> tuple[StudentLoss | None, list[str]]:
+        own_loss = distilled.meta.get("student_loss", "")
+        learned = params.use_learned_similarity and (distilled.has_similarity or bool(own_loss))
+        kind = params.student_loss or (own_loss if learned else "") or "infonce"
+        if not learned and kind == "infonce":
+            note = ["students trained with plain InfoNCE, not the set's learned similarity "
+                    "(eval.use_learned_similarity=false)"] if distilled.has_similarity or own_loss else []
+            return None, note
+        sim = {k: v.to(device) for k, v in distilled.similarity_extras().items()} if learned else {}
+
+        def loss(g_img: torch.Tensor, g_txt: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return soft_contrastive_loss(g_img, g_txt, similarity_of(sim, idx), kind)
+
+        desc = distilled.meta.get("similarity", {})
+        what = (f"the set's learned similarity ({desc.get('kind', 'similarity')}"
+                + (f", rank {desc['rank']}" if "rank" in desc else "") + ")") if sim else "identity targets"
+        return loss, [f"students trained with the {kind} loss against {what}"]
 
     def learning_rates(self, distilled: DistilledSet, backbone: Backbone, params: EvalParams) -> tuple[dict[str, float], list[str]]:
         lrs, notes = super().learning_rates(distilled, backbone, params)

@@ -18,7 +18,8 @@ class TrainableTextProtocol(Protocol):
     text_trainable = True
     image_head = True
     description = "fresh pretrained image + text encoders, random projections, all trainable (CovMatch)"
-    inactive_params = frozenset({"use_learned_lrs"})  # students train every tower at the protocol's lrs
+    # Students train every tower at the protocol's lrs with InfoNCE: learned lrs and similarities are not read.
+    inactive_params = frozenset({"use_learned_lrs", "use_learned_similarity", "student_loss"})
 
     def student_text(self, distilled: DistilledSet, backbone: Backbone, device: torch.device) -> TextBatches:
         if distilled.text_kind == "captions":
