@@ -19,7 +19,8 @@ Layout under ``<cache>/trajectories/<key>/``::
 
     settings.json                      what the key hashes (for people and ``cache du``)
     expert_003/epoch_002.safetensors   the trainable parameters after epoch 2 (epoch_000 = the start)
-    expert_003/resume.safetensors      RNG state (and fp32 parameters if snapshots are half precision)
+    expert_003/resume_002.safetensors  RNG state after epoch 2 (and fp32 parameters if snapshots are half
+                                       precision): one per epoch until the next state.json is written
     expert_003/state.json              {"epochs_done": 2, ...}: written last, so a kill never lies
     expert_003.lock                    one process trains an expert; others train the next one
 
@@ -247,21 +248,33 @@ class ExpertStore:
 
     def _save_epoch(self, index: int, epoch: int, params: dict[str, torch.Tensor], gen: torch.Generator,
                     device: torch.device) -> None:
+        """The snapshot, then this epoch's resume state (its own file), then ``state.json``, then the previous
+        epoch's resume state is dropped: a kill anywhere leaves a state whose resume file is its own epoch's,
+        so a resumed expert is the uninterrupted one."""
         folder = self.expert_dir(index)
         dtype = STORAGE_DTYPES[self.settings.storage_dtype]
         _atomic_save({k: v.detach().to("cpu", dtype) for k, v in params.items()}, folder / f"epoch_{epoch:03d}.safetensors")
         resume = rng_tensors(gen, device)
         if dtype != torch.float32:  # resuming from a rounded snapshot would not equal an uninterrupted run
             resume.update({f"param.{k}": v.detach().cpu() for k, v in params.items()})
-        _atomic_save(resume, folder / "resume.safetensors")
+        _atomic_save(resume, self._resume_path(index, epoch))
         state = folder / "state.json"
         tmp = state.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps({"epochs_done": epoch, "seed": self.settings.expert_seed(index)}))
         os.replace(tmp, state)
+        for old in folder.glob("resume*.safetensors"):
+            if old != self._resume_path(index, epoch):
+                old.unlink(missing_ok=True)
+
+    def _resume_path(self, index: int, epoch: int) -> Path:
+        return self.expert_dir(index) / f"resume_{epoch:03d}.safetensors"
 
     def _restore(self, index: int, epoch: int, params: dict[str, torch.Tensor], gen: torch.Generator,
                  device: torch.device) -> None:
-        resume = load_file(str(self.expert_dir(index) / "resume.safetensors"))
+        path = self._resume_path(index, epoch)
+        if not path.is_file():  # written by the layout before per-epoch resume files
+            path = self.expert_dir(index) / "resume.safetensors"
+        resume = load_file(str(path))
         saved = ({k.removeprefix("param."): v for k, v in resume.items() if k.startswith("param.")}
                  or self.snapshot(index, epoch))
         with torch.no_grad():

@@ -446,3 +446,36 @@ def test_a_decompression_bomb_in_a_run_is_a_data_error(tmp_path, capsys):
     assert code == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "tr1.jpg" in err and "pixels" in err and "Traceback" not in err
+
+
+def test_a_kill_between_an_experts_resume_state_and_its_epoch_count_resumes_exactly(tmp_path, cache_dir, mini, tiny):
+    """The resume state of epoch 2 was written and state.json still said 1: the old layout then resumed epoch 2
+    with epoch 2's RNG state and trained another trajectory under the same cache key."""
+    from mmdd_bench.data.images import ImageStore
+    from mmdd_bench.experts import ExpertSettings, ExpertStore
+
+    images = ImageStore(mini.train.image_paths, tiny.image_size, cache_dir, mini.train.fingerprint, tiny.mean, tiny.std)
+    killed = ExpertStore(cache_dir, mini, tiny, ExpertSettings(seed=5))
+    killed.root = tmp_path / "killed"
+    real_replace = os.replace
+
+    def die_on_state_of_epoch_2(src, dst):
+        if str(dst).endswith("state.json") and (Path(src).parent / "epoch_002.safetensors").is_file():
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    os.replace = die_on_state_of_epoch_2
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            killed.ensure(1, 2, mini, tiny, images, torch.device("cpu"))
+    finally:
+        os.replace = real_replace
+    assert killed.epochs_done(0) == 1 and (killed.expert_dir(0) / "resume_002.safetensors").is_file()
+    killed.ensure(1, 3, mini, tiny, images, torch.device("cpu"))
+    straight = ExpertStore(cache_dir, mini, tiny, ExpertSettings(seed=5))
+    straight.root = tmp_path / "straight"
+    straight.ensure(1, 3, mini, tiny, images, torch.device("cpu"))
+    for epoch in range(4):
+        a, b = killed.snapshot(0, epoch), straight.snapshot(0, epoch)
+        assert all(torch.equal(a[k], b[k]) for k in a), f"epoch {epoch} differs after the kill"
+    assert sorted(p.name for p in killed.expert_dir(0).glob("resume*")) == ["resume_003.safetensors"]
