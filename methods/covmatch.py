@@ -9,11 +9,13 @@ pretrained encoders with fresh projections every ``reset_every`` iterations.
 Published details we could not see (the official code is not public here) and what we chose:
 - features are matched with the online model in eval mode (no dropout); it trains in train mode;
 - the online model's InfoNCE step reuses the iteration's real batch;
-- the synthetic set is initialised from N random real pairs with distinct images (as ``random``), its
-  text as the word embeddings of their tokenised captions, padded to the longest, with a fixed mask; on
-  real datasets its images are those pairs after the papers' train augmentation (random crop of the
-  original, flip, RandomAugment(2, 5): ``mmdd_bench.data.augment``), where ``random`` keeps the plain
-  224 x 224 resize; on the embedded datasets, never augmented, they are ``random``'s images;
+- the synthetic set starts from ``random``'s set of the same seed (the same images and captions:
+  ``pairs.initial_pairs``), its text as the word embeddings of those tokenised captions, padded to the
+  longest, with a fixed mask. On the embedded datasets (never augmented) it is exactly random's set; on real
+  datasets its images are those pairs after the papers' train augmentation (random crop of the original,
+  flip, RandomAugment(2, 5): ``mmdd_bench.data.augment``), where ``random`` keeps the plain 224 x 224 resize;
+- the frozen-text ablation (``text_trainable=false``) learns sentence embeddings and matches with the
+  frozen-text protocol's model: no image projection head (the mean term then compares image features);
 - real batches (and the initial images) are augmented with draws from the method's seeded generator, so
   a checkpoint resumes them exactly;
 - rho for N < 100 follows N = 100 (2); lambda for N = 500 is 0.5 (the paper gives 0.5-0.6).
@@ -43,7 +45,7 @@ from mmdd_bench.encoders.heads import contrastive_loss
 from mmdd_bench.method import DistillContext, Method
 from mmdd_bench.pairs import initial_pairs
 from mmdd_bench.params import param
-from mmdd_bench.timing import IterationTimer
+from mmdd_bench.timing import FiniteCheck, IterationTimer
 
 
 def cross_covariance(h_v: torch.Tensor, h_l: torch.Tensor) -> torch.Tensor:
@@ -107,7 +109,9 @@ EMBEDDED_LR_TEXT = 0.1
 
 class CovMatch(Method):
     name = "covmatch"
-    version = "1"
+    # 2: starts from random's set of the same seed (captions too); the frozen-text ablation distils with the
+    # heads the frozen-text protocol trains (no image head).
+    version = "2"
     default_protocol = "trainable-text"
     description = "cross-covariance matching with a trainable text encoder (Lee & Chung, NeurIPS 2025)"
     Params = CovMatchParams
@@ -186,7 +190,7 @@ class CovMatch(Method):
             restore_rng(tensors, gen, dev)
             rng.bit_generator.state = state["numpy_rng"]
             first, losses = state["iteration"], state["losses"]
-        timer = IterationTimer(dev)
+        timer, finite = IterationTimer(dev), FiniteCheck(dev)
         for it in range(first, params.iterations):
             if every and ctx.checkpoint_dir is not None and it > first and it % every == 0:
                 save_checkpoint(ctx.checkpoint_dir, {
@@ -195,7 +199,8 @@ class CovMatch(Method):
                 }, {"iteration": it, "losses": losses, "numpy_rng": rng.bit_generator.state})
             with timer.part("reset"):
                 if it % params.reset_every == 0:
-                    model = bb.dual_encoder(text_trainable=params.text_trainable, image_head=True,
+                    # The frozen-text ablation's online model is the frozen-text protocol's: no image head.
+                    model = bb.dual_encoder(text_trainable=params.text_trainable, image_head=params.text_trainable,
                                             seed=ctx.seed * 100_003 + it, device=dev)
                     model.image_encoder = accelerate_image_encoder(model.image_encoder, params.channels_last, params.compile)
                     opt_model = torch.optim.SGD(
@@ -223,8 +228,7 @@ class CovMatch(Method):
                 real = tuple(t.float() for t in (h_v_r, h_l_r, g_v_r, g_l_r))  # the loss in float32
                 syn = tuple(t.float() for t in (h_v_s, h_l_s, g_v_s, g_l_s))
                 loss = covmatch_loss(real, syn, params.rho, params.lam)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"covmatch loss became {loss.item()} at iteration {it}; lower covmatch.lr_images / covmatch.lr_text")
+                finite.update(loss, it, "covmatch's loss; lower covmatch.lr_images / covmatch.lr_text")
                 opt_syn.zero_grad(set_to_none=True)
                 loss.backward(inputs=[syn_images, syn_text])
                 opt_syn.step()
@@ -245,6 +249,7 @@ class CovMatch(Method):
             if (it + 1) % 10 == 0 or it + 1 == params.iterations:
                 ctx.report(f"covmatch N={ctx.size} seed={ctx.seed}", it + 1, params.iterations)
         real_images.close()
+        finite.check(params.iterations - 1, "covmatch's loss; lower covmatch.lr_images / covmatch.lr_text")
         return DistilledSet(
             images=syn_images.detach().cpu(), text_kind=self.text_kind(params), text_embeddings=syn_text.detach().cpu(),
             attention_mask=syn_mask.cpu() if params.text_trainable else None, encoder_id=bb.text_encoder_id,

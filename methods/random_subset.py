@@ -6,7 +6,7 @@ import numpy as np
 
 from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.method import DistillContext, Method
-from mmdd_bench.pairs import real_pairs
+from mmdd_bench.pairs import random_pairs, real_pairs
 
 
 class RandomSubset(Method):
@@ -19,11 +19,5 @@ class RandomSubset(Method):
         return "captions"
 
     def distill(self, ctx: DistillContext, params) -> DistilledSet:
-        train = ctx.dataset.train
-        rng = np.random.default_rng(ctx.seed)
-        images = rng.choice(len(train.image_paths), size=ctx.size, replace=False)
-        by_image = np.argsort(train.pair_image, kind="stable")  # pairs grouped by image, in file order
-        counts = np.bincount(train.pair_image, minlength=len(train.image_paths))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        pairs = np.asarray([by_image[starts[i] + rng.integers(counts[i])] for i in images])
+        _, pairs = random_pairs(ctx.dataset.train, ctx.size, np.random.default_rng(ctx.seed))
         return real_pairs(ctx, pairs, self.name)

@@ -47,7 +47,7 @@ from mmdd_bench.errors import UsageError
 from mmdd_bench.features import train_features
 from mmdd_bench.method import DistillContext, Method
 from mmdd_bench.pairs import initial_pairs
-from mmdd_bench.timing import IterationTimer
+from mmdd_bench.timing import FiniteCheck, IterationTimer
 from mmdd_bench.trajectory import (
     ExpertFields,
     SnapshotCache,
@@ -247,7 +247,7 @@ class TeslaVL(Method):
             rng.bit_generator.state = state["numpy_rng"]
             first, losses = state["iteration"], state["losses"]
         snapshot = SnapshotCache(store, params.num_experts, dev)
-        timer = IterationTimer(dev)
+        timer, finite = IterationTimer(dev), FiniteCheck(dev)
         for it in range(first, params.iterations):
             if params.checkpoint_every and ctx.checkpoint_dir is not None and it > first and it % params.checkpoint_every == 0:
                 save_checkpoint(ctx.checkpoint_dir, {**learned, **momentum_tensors(momentum), **rng_tensors(gen, dev)},
@@ -268,9 +268,7 @@ class TeslaVL(Method):
                                      params.loss, batch_target)
                     loss = matching_loss(student, start, target, params.merge_loss_branches)
                     loss.backward(inputs=list(learned.values()))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{self.name} loss became {loss.item()} at iteration {it}; lower "
-                                             f"{self.name}.lr_images / lr_text / lr_lr")
+                finite.update(loss, it, f"{self.name}'s matching loss; lower {self.name}.lr_images / lr_text / lr_lr")
                 opt.step()
                 clamp_step_sizes(params.lr_floor, lr_image, lr_text)
             if it % 10 == 0:
@@ -280,6 +278,7 @@ class TeslaVL(Method):
                 ctx.report(f"{self.name} N={ctx.size} seed={ctx.seed}", it + 1, params.iterations)
         extras = {"lr_image": lr_image.detach().cpu(), "lr_text": lr_text.detach().cpu(),
                   "source_pairs": torch.as_tensor(init_pairs, dtype=torch.long)}
+        finite.check(params.iterations - 1, f"{self.name}'s matching loss; lower {self.name}.lr_images / lr_text / lr_lr")
         meta = {"timings": {"iterations": params.iterations, **timer.summary(), "resumed_from_iteration": first},
                 "loss_every_10": losses, "learned_lrs": {"image": lr_image.item(), "text": lr_text.item()},
                 "student_loss": params.loss}

@@ -26,12 +26,22 @@ def real_pairs(ctx: DistillContext, pair_indices: np.ndarray, method: str) -> Di
     )
 
 
-def initial_pairs(train: TrainSplit, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Where learned synthetic sets start: ``size`` distinct random images and each one's first caption.
-    Returns (image indices, pair indices)."""
+def random_pairs(train: TrainSplit, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``random``'s set: ``size`` distinct images drawn uniformly, and for each one of its captions drawn
+    uniformly. Returns (image indices, pair indices)."""
     images = rng.choice(len(train.image_paths), size=size, replace=False)
-    _, first_pair = np.unique(train.pair_image, return_index=True)
-    return images, first_pair[images]
+    by_image = np.argsort(train.pair_image, kind="stable")  # pairs grouped by image, in file order
+    counts = np.bincount(train.pair_image, minlength=len(train.image_paths))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pairs = np.asarray([by_image[starts[i] + rng.integers(counts[i])] for i in images], dtype=np.int64)
+    return images, pairs
 
 
-__all__ = ["initial_pairs", "real_pairs"]
+def initial_pairs(train: TrainSplit, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Where learned synthetic sets start: exactly ``random``'s set of the same seed (``random_pairs`` with the
+    method's ``numpy`` generator seeded by the cell's seed), so a learned method's gain over random measures
+    what its optimisation adds to random's own pairs. Returns (image indices, pair indices)."""
+    return random_pairs(train, size, rng)
+
+
+__all__ = ["initial_pairs", "random_pairs", "real_pairs"]

@@ -309,8 +309,9 @@ def test_originals_store_decodes_each_image_once_aspect_kept(tmp_path):
     assert np.array_equal(OriginalImages(paths, 320, tmp_path / "cache", "fp").image(1), store.image(1))
     with open(store.pixels_path, "ab") as f:
         f.write(b"x")
-    with pytest.raises(DataError, match="delete both"):
-        OriginalImages(paths, 320, tmp_path / "cache", "fp")
+    with pytest.warns(UserWarning, match="does not match its checksum"):  # corrupt: moved aside, decoded again
+        again = OriginalImages(paths, 320, tmp_path / "cache", "fp")
+    assert np.array_equal(again.image(2), store.image(2)) and list((tmp_path / "cache" / "images").glob("*.bad-*"))
     paths[0].write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match="cannot read image"):
         OriginalImages(paths, 320, tmp_path / "other", "fp")
@@ -346,12 +347,24 @@ COVMATCH_SHA = "d8983038d2a75435"
 EXPERT_SHA = "898cfefc3100fb49"
 
 
-def test_covmatch_and_experts_on_shapes_mini_are_bit_identical_to_before(mini, tiny, cache_dir, tmp_path):
+def _first_caption_pairs(train, size, rng):
+    """CovMatch's initial set before it started from random's set (covmatch version 1): distinct random images
+    and each one's first caption. The pin below isolates the data path from that later, intended change."""
+    images = rng.choice(len(train.image_paths), size=size, replace=False)
+    _, first_pair = np.unique(train.pair_image, return_index=True)
+    return images, first_pair[images]
+
+
+def test_covmatch_and_experts_on_shapes_mini_are_bit_identical_to_before(mini, tiny, cache_dir, tmp_path,
+                                                                       monkeypatch):
     """N=250 takes the synthetic mini-batch from the generator that real batches would draw from on real
     data: no draw may happen here, or the mini-batches (and the bytes) change."""
+    import mmdd_bench.methods.covmatch as covmatch
     from mmdd_bench.experts import ExpertSettings, ExpertStore
     from mmdd_bench.method import DistillContext, get_method
     from mmdd_bench.params import apply_overrides
+
+    monkeypatch.setattr(covmatch, "initial_pairs", _first_caption_pairs)
 
     # The tiny encoder ships with the package (pinned sha256), so the pins hold on every machine.
     assert _tiny_weights_sha(tiny) == TINY_SHA, "the tiny encoder changed: re-record the pins from the old code"
