@@ -77,7 +77,7 @@ def evaluate_artifact(artifact: Path, *, results_dir: Path, cache_dir: Path, dat
     dataset = dataset or made_from
     if not dataset:
         raise UsageError(f"{artifact} does not say which dataset it comes from; pass --dataset.")
-    resources = Resources(data_root, cache_dir, backbone)
+    resources = Resources(data_root, cache_dir, backbone, progress=progress)
     ds = resources.dataset(dataset)
     bb = resources.backbone(backbone or meta.get("backbone") or ds.default_backbone)
     method_name = meta.get("method", "external")
@@ -126,7 +126,7 @@ def train_experts(dataset: str, *, cache_dir: Path, data_root: str | None = None
     so a later run with the same ``overrides`` finds them in the cache."""
     from .method import DistillContext
 
-    resources = Resources(data_root, cache_dir, backbone)
+    resources = Resources(data_root, cache_dir, backbone, progress=progress)
     ds = resources.dataset(dataset)
     dev = resolve_device(device)
     bb = resources.backbone_for(ds).to(dev)

@@ -10,6 +10,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from platformdirs import user_cache_dir
@@ -20,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import DataError, MMDDError, UsageError
+from .progress import PlainProgress, ProgressFn
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -52,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-root", default=None, help="folder with flickr30k/ and coco/ (default: MMDD_BENCH_DATA)")
         p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
         p.add_argument("--quiet", action="store_true", help="no progress or log lines on stderr")
+        log_every(p)
+
+    def log_every(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
+                       help="when stderr is not a terminal (nohup, CI, SLURM): one progress line per loop every "
+                            "SECONDS instead of a live bar (default 30)")
 
     run = sub.add_parser("run", help="distill and evaluate a grid of cells")
     common(run)
@@ -122,12 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--cache-dir", type=Path, default=None)
     exp.add_argument("--device", default="auto")
     exp.add_argument("--quiet", action="store_true")
+    log_every(exp)
 
     data = sub.add_parser("data", help="prepare (embedded) or check (Flickr30K/COCO) a dataset")
     data.add_argument("dataset")
     data.add_argument("--skip-images", action="store_true", help="check the JSON only, not every image header")
     data.add_argument("--data-root", default=None)
     data.add_argument("--cache-dir", type=Path, default=None)
+    log_every(data)
     return parser
 
 
@@ -149,6 +160,19 @@ class _ProgressReporter:
 def _progress(quiet: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=stderr, transient=True, disable=quiet)
+
+
+@contextmanager
+def _reporter(quiet: bool, every_s: float = 30.0) -> Iterator[ProgressFn | None]:
+    """Where long loops report: a live bar per loop on a terminal; plain lines every ``every_s`` seconds
+    when stderr is a file or a pipe (a bar there is one line for tens of minutes); nothing under --quiet."""
+    if quiet:
+        yield None
+    elif stderr.is_terminal:
+        with _progress(False) as progress:
+            yield _ProgressReporter(progress)
+    else:
+        yield PlainProgress(_log(False), every_s)
 
 
 def _log(quiet: bool):
@@ -187,9 +211,8 @@ def cmd_run(args) -> int:
     rank, world = shard_from_environment()
     lead = rank == 0  # under torchrun/SLURM only rank 0 draws progress bars and writes leaderboards
     log = _log(args.quiet)
-    with _progress(args.quiet or not lead) as progress:
-        summary = api.run(config, log=log, progress=_ProgressReporter(progress), executor=args.executor,
-                          ray_address=args.ray_address)
+    with _reporter(args.quiet or not lead, args.log_every) as progress:
+        summary = api.run(config, log=log, progress=progress, executor=args.executor, ray_address=args.ray_address)
     if lead:
         write_leaderboards(config.results_dir)
     if args.json:
@@ -220,11 +243,11 @@ def cmd_eval(args) -> int:
     overrides = parse_set_options(args.overrides)
     if set(overrides) - {"eval"}:
         raise UsageError(f"mmdd-bench eval takes --set eval.NAME=VALUE only, got scopes {sorted(overrides)}")
-    with _progress(args.quiet) as progress:
+    with _reporter(args.quiet, args.log_every) as progress:
         rec = api.evaluate_artifact(args.artifact, results_dir=args.results, cache_dir=args.cache_dir,
                                     data_root=args.data_root, dataset=args.dataset, protocol=args.protocol,
                                     backbone=args.backbone, seed=args.seed, overrides=overrides.get("eval", {}),
-                                    device=args.device, progress=_ProgressReporter(progress))
+                                    device=args.device, progress=progress)
     print(json.dumps({"artifact": str(args.artifact), "dataset": rec.dataset, "protocol": rec.protocol,
                       "protocol_version": rec.protocol_version, "params": rec.protocol_params, "seed": rec.seed,
                       "eval_variant": rec.eval_variant, "mean": rec.metrics["mean"], "std": rec.metrics["std"],
@@ -309,11 +332,11 @@ def cmd_experts(args) -> int:
     if set(overrides) - {"mtt-vl"}:
         raise UsageError(f"mmdd-bench experts takes --set mtt-vl.NAME=VALUE only, got scopes {sorted(overrides)}")
     log = _log(args.quiet)
-    with _progress(args.quiet) as progress:
+    with _reporter(args.quiet, args.log_every) as progress:
         summary = api.train_experts(args.dataset, cache_dir=args.cache_dir, data_root=args.data_root,
                                     backbone=args.backbone, num_experts=args.num_experts, epochs=args.epochs,
                                     overrides=overrides.get("mtt-vl", {}), device=args.device,
-                                    progress=_ProgressReporter(progress), log=log)
+                                    progress=progress, log=log)
     log(f"{summary['num_experts']} experts x {summary['epochs_asked']} epochs in {summary['path']}: "
         f"{summary['bytes_per_expert'] / 2**20:.1f} MiB per expert ({summary['storage_dtype']}), "
         f"{summary['bytes_total'] / 2**20:.1f} MiB in all; trained here in {summary['train_s']:.0f} s")
@@ -329,9 +352,9 @@ def cmd_data(args) -> int:
     from .data import load_dataset
     from .data.validate import validate
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _reporter(False, args.log_every) as progress:
         warnings.simplefilter("ignore")  # the same problems are in the report below
-        ds = load_dataset(args.dataset, args.data_root, args.cache_dir)
+        ds = load_dataset(args.dataset, args.data_root, args.cache_dir, progress)
     report = validate(ds, images=not args.skip_images)
     print(json.dumps({"dataset": ds.name, "root": str(ds.root),
                       "train": {"images": len(ds.train.image_paths), "pairs": ds.train.n_pairs},
