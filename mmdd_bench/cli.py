@@ -284,34 +284,32 @@ def _print_dry_run(grid, as_json: bool) -> None:
         out.append(f"unknown here: {what}: {why}")
     if grid.unknown:
         out.append("  -> the run ids of those cells hash what is missing: they are shown as '?' and their state as unknown")
-    table = Table(title=Text(f"plan: {len(grid.cells)} cells"), show_lines=False)
-    for col in ["run", "dataset", "method", "N", "seed", "variant", "protocols", "state", "action", "estimate"]:
-        table.add_column(col)
+    actions = {"done": "done", "evaluate": "evaluate only (set saved)", "distil": "distil + evaluate",
+               "unknown": "? (ids unknown here)"}
+    rows = [("run", "dataset", "method", "N", "seed", "variant", "evaluations (protocol run-id state)", "action",
+             "estimate")]
     for c in grid.cells:
-        protocols = ", ".join(f"{e.protocol} {e.run_id or '?'}" for e in c.evals)
-        states = ", ".join(e.state for e in c.evals)
-        action = {"done": "done", "evaluate": "evaluate only (set saved)", "distil": "distil + evaluate",
-                  "unknown": "?"}[c.action]
-        table.add_row(*(Text(str(v)) for v in (c.run, c.cell.dataset, c.cell.method, c.cell.size, c.cell.seed,
-                                               c.plan.evals[0].spec.variant if c.plan.evals else "", protocols, states,
-                                               action, _seconds(c.estimate.seconds) if c.action != "done" else "-")))
+        evals = ", ".join(f"{e.protocol} {e.run_id or '?'} {e.state}" for e in c.evals)
+        rows.append((str(c.run), c.cell.dataset, c.cell.method, str(c.cell.size), str(c.cell.seed),
+                     (c.plan.evals[0].spec.variant if c.plan.evals else "") or "-", evals, actions[c.action],
+                     _seconds(c.estimate.seconds) if c.action != "done" else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out.append(f"plan: {len(grid.cells)} cells")
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     counts = {k: sum(c.action == k for c in grid.cells) for k in ("done", "evaluate", "distil", "unknown")}
-    stdout.print("\n".join(out), markup=False, highlight=False)
-    stdout.print(table)
     summary = [f"cells: {counts['done']} done, {counts['evaluate']} evaluate only, {counts['distil']} distil + evaluate"
                + (f", {counts['unknown']} unknown" if counts["unknown"] else ""),
                f"estimated: {_seconds(total)} for the cells with an estimate"
                + (f"; {unknown_cells} cells to do have none (nothing measured matches)" if unknown_cells else "")
                + ("" if not experts else f"; plus experts {_seconds(experts)} unless cached"),
-               "how: distillation = s/iteration x iterations, evaluation = "
-               "s per student-epoch batch x students x epochs x ceil(N/batch), from the records of earlier cells with "
-               "the same backbone/method/size (or backbone/protocol/dataset), else the benchmark JSON for the same "
-               "backbone and image size; test-split scoring is not counted.",
+               "how: distillation = s/iteration x iterations, evaluation = s per student x students, from the "
+               "records of earlier cells with the same backbone/method/size (backbone/protocol/dataset and work per "
+               "student), else the benchmark JSON for the same backbone and image size (see mmdd_bench/estimate.py).",
                "figures: " + ("; ".join(grid.figures.sources) or "none found")]
     if grid.cells:
         sources = dict.fromkeys(c.estimate.source for c in grid.cells if c.action != "done" and c.estimate.source)
         summary += [f"  {s}" for s in list(sources)[:8]]
-    stdout.print("\n".join(summary), markup=False, highlight=False)
+    print("\n".join(out + summary))
 
 
 def cmd_run(args) -> int:

@@ -5,10 +5,11 @@
   iterations; the median), else from the end-to-end benchmark (``benchmarks/results/*.json``: the steady
   per-iteration time of a case with the same backbone and image size, at the nearest size). Methods without
   iterations (coresets) take their records' median ``distill_s``.
-- **evaluation** = seconds per student-epoch batch x students x epochs x batches per epoch (ceil(N/batch)),
-  from the records of earlier evaluations with the same backbone, protocol and dataset, else from the
-  benchmark kernel ``test_one_student_epoch_trainable_text_tiny`` (tiny, trainable-text only). It leaves out
-  encoding and scoring the test split.
+- **evaluation** = seconds per student x students, from the records of earlier evaluations with the same
+  backbone, protocol and dataset and the same work per student (epochs x ceil(N/batch)), else the nearest
+  such record scaled by the work; without records, the benchmark kernel
+  ``test_one_student_epoch_trainable_text_tiny`` (tiny, trainable-text only) x epochs x batches x students,
+  which leaves out building the student and scoring the test split.
 - **experts** (trajectory methods): the benchmark's training seconds per expert epoch for the backbone, once
   per dataset and settings, and nothing when they are already in the cache (not checked here).
 
@@ -48,7 +49,8 @@ class Figures:
 
     per_iteration: dict[tuple, list[float]] = field(default_factory=dict)  # (backbone, method, size)
     distill: dict[tuple, list[float]] = field(default_factory=dict)  # (backbone, method, size) -> distill_s
-    per_batch: dict[tuple, list[float]] = field(default_factory=dict)  # (backbone, protocol, dataset)
+    per_student: dict[tuple, list[tuple[int, float]]] = field(default_factory=dict)  # (bb, protocol, dataset)
+    # -> (student-epoch batches of one student, seconds of one student)
     bench_iteration: dict[tuple, dict[int, tuple[float, str]]] = field(default_factory=dict)  # (bb, px, method)
     bench_expert_epoch: dict[tuple, tuple[float, str]] = field(default_factory=dict)  # (bb, px)
     bench_batch: tuple[float, str] | None = None
@@ -73,8 +75,8 @@ def load_figures(results_dir: Path, benchmark_dir: Path = BENCHMARK_DIR) -> Figu
             p = r.protocol_params
             if isinstance(eval_s, int | float) and all(isinstance(p.get(k), int) for k in ("epochs", "n_students")):
                 batches = math.ceil((r.n_pairs or r.size) / max(1, int(p.get("batch_size", 128))))
-                figures.per_batch.setdefault((r.backbone, r.protocol, r.dataset), []).append(
-                    eval_s / (p["n_students"] * p["epochs"] * batches))
+                figures.per_student.setdefault((r.backbone, r.protocol, r.dataset), []).append(
+                    (p["epochs"] * batches, eval_s / p["n_students"]))
         if records:
             figures.sources.append(f"{len(records)} ok records in {Path(results_dir) / 'runs'}")
     for path in sorted(Path(benchmark_dir).glob("*.json")):
@@ -140,11 +142,18 @@ def experts_estimate(figures: Figures, backbone: str, image_size: int, params: A
 
 def eval_estimate(figures: Figures, backbone: str, protocol: str, dataset: str, size: int, params: Any) -> Estimate:
     batches = math.ceil(size / max(1, params.batch_size))
-    work = params.n_students * params.epochs * batches
+    per_student = params.epochs * batches
+    work = params.n_students * per_student
     key = (backbone, protocol, dataset)
-    if key in figures.per_batch:
-        per = statistics.median(figures.per_batch[key])
-        return Estimate(per * work, f"{protocol}: {work} student-epoch batches x {_fmt(per)} (records)")
+    if key in figures.per_student:
+        # Records of the same work per student (epochs x batches) time it best, building and scoring included;
+        # otherwise the nearest one, scaled by the work (its fixed costs scale too: an overestimate upwards).
+        nearest = min({w for w, _ in figures.per_student[key]}, key=lambda w: abs(w - per_student))
+        secs = statistics.median(s for w, s in figures.per_student[key] if w == nearest)
+        scale = per_student / nearest
+        how = "" if nearest == per_student else f", scaled from {nearest} epoch-batches"
+        return Estimate(secs * scale * params.n_students,
+                        f"{protocol}: {params.n_students} students x {_fmt(secs * scale)} (records{how})")
     if figures.bench_batch and backbone == "tiny" and protocol == "trainable-text":
         per, source = figures.bench_batch
         return Estimate(per * work, f"{protocol}: {work} student-epoch batches x {_fmt(per)} ({source})")
