@@ -48,16 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmdd-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser, results_default: Path | None = Path("results")) -> None:
+    def common(p: argparse.ArgumentParser, results_default: Path | None = Path("results"), work: bool = True) -> None:
         p.add_argument("--results", type=Path, default=results_default,
                        help=f"results folder (default: ./{results_default or 'results'}"
                             + (", or the experiment file's)" if results_default is None else ")"))
         p.add_argument("--cache-dir", type=Path, default=None,
                        help="cache for generated data, decoded images, weights, features (default: MMDD_BENCH_CACHE or the user cache)")
         p.add_argument("--data-root", default=None, help="folder with flickr30k/ and coco/ (default: MMDD_BENCH_DATA)")
-        p.add_argument("--device", default=None, help="auto (default) | cpu | cuda | cuda:N")
-        p.add_argument("--quiet", action="store_true", help="no progress or log lines on stderr")
-        log_every(p)
+        if work:  # options of the commands that distil or evaluate
+            p.add_argument("--device", default=None, help="auto (default) | cpu | cuda | cuda:N")
+            p.add_argument("--quiet", action="store_true", help="no progress or log lines on stderr")
+            log_every(p)
 
     def log_every(p: argparse.ArgumentParser) -> None:
         p.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the resolved experiment (every parameter filled in) as a file --config reads")
 
     st = sub.add_parser("status", help="the grid's state: done, failed, running (who holds it), missing")
-    common(st, results_default=None)
+    common(st, results_default=None, work=False)
     grid(st)
     st.add_argument("--json", action="store_true", help="the state as JSON")
 
@@ -244,7 +245,7 @@ def _experiment(args):
              "backbone": args.backbone, "protocols": args.protocol, "debug": args.debug,
              "deterministic": args.deterministic, "results": str(args.results) if args.results else None,
              "cache_dir": str(args.cache_dir_flag) if args.cache_dir_flag else None, "data_root": args.data_root,
-             "device": args.device, "force": args.force, "retry_failed": args.retry_failed,
+             "device": getattr(args, "device", None), "force": args.force, "retry_failed": args.retry_failed,
              "lock_timeout": args.lock_timeout, "executor": getattr(args, "executor", None),
              "ray_address": getattr(args, "ray_address", None), "set": parse_set_options(args.overrides)}
     file = load_experiment(args.config) if args.config else None
@@ -323,7 +324,10 @@ def cmd_run(args) -> int:
     if args.print_config:
         from .resolve import print_config
 
-        print(print_config(experiment), end="")
+        text, unknown = print_config(experiment)
+        print(text, end="")
+        for what, why in unknown.items():
+            _log(args.quiet)(f"note: {what} is absent here ({why}); the parameters do not depend on it, the run ids do")
         return 0
     if args.dry_run:
         from .dryrun import plan_experiment
@@ -411,7 +415,8 @@ def cmd_submit(args) -> int:
         executor = sub.local_executor(folder, time_limit=slurm.time, gpus_per_task=slurm.gpus_per_task)
     log = _log(args.quiet)
     result = sub.submit(experiment.runs, executor, workers=args.workers or (slurm.array_throttle if args.local else None),
-                        local=args.local, lock_expiry_s=slurm.lock_expiry, log=log)
+                        local=args.local, lock_expiry_s=slurm.lock_expiry, log_every_s=args.log_every,
+                        expert_tasks=slurm.array_throttle or 1, log=log)
     jobs = {"experts": [str(j.job_id) for j in result.expert_jobs], "cells": [str(j.job_id) for j in result.cell_jobs],
             "folder": str(result.folder)}
     if args.wait:

@@ -46,7 +46,8 @@ def _identities(experiment: Experiment) -> list[tuple]:
     return out
 
 
-def resolve_run(run) -> dict[str, Any]:
+def resolve_run(run, unknown: dict[str, str] | None = None) -> dict[str, Any]:
+    """One grid, resolved; what is absent on this machine (weights, data) is added to ``unknown``."""
     planner, resources = planner_for(run)
     cells = planner.plan()
     entry: dict[str, Any] = {"methods": list(run.methods), "datasets": list(dict.fromkeys(run.datasets)),
@@ -81,15 +82,17 @@ def resolve_run(run) -> dict[str, Any]:
                 sets["eval"] = evals[0]
             entries.append({"dataset": ds_name, "size": size, "set": sets})
     entry["cells"] = entries
+    if unknown is not None:
+        unknown.update(resources.unknown)
     return entry
 
 
-def resolved_experiment(experiment: Experiment) -> dict[str, Any]:
+def resolved_experiment(experiment: Experiment, unknown: dict[str, str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     meta = experiment.meta.model_dump(exclude_defaults=True)
     if meta:
         out["experiment"] = meta
-    runs = [resolve_run(run) for run in experiment.runs]
+    runs = [resolve_run(run, unknown) for run in experiment.runs]
     if len(runs) == 1:
         out.update(runs[0])
     else:
@@ -97,9 +100,11 @@ def resolved_experiment(experiment: Experiment) -> dict[str, Any]:
     return out
 
 
-def print_config(experiment: Experiment) -> str:
-    """The resolved experiment as YAML, after checking that it plans into the same identities."""
-    data = resolved_experiment(experiment)
+def print_config(experiment: Experiment) -> tuple[str, dict[str, str]]:
+    """The resolved experiment as YAML, after checking that it plans into the same identities, and what was
+    absent here (the ids were then compared with the weights id ``unknown``)."""
+    unknown: dict[str, str] = {}
+    data = resolved_experiment(experiment, unknown)
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110)
     first = experiment.runs[0]
     again = build_experiment(parse_experiment(yaml.safe_load(text), "--print-config output"),
@@ -111,7 +116,7 @@ def print_config(experiment: Experiment) -> str:
     header = [f"# mmdd-bench experiment resolved from {experiment.source} by --print-config: every parameter",
               "# per method, dataset and size is filled in (null: derived from other values); mmdd-bench run",
               "# --config THIS_FILE plans the same run ids."]
-    return "\n".join(header) + "\n" + text
+    return "\n".join(header) + "\n" + text, unknown
 
 
 __all__ = ["filled", "print_config", "resolve_run", "resolved_experiment"]

@@ -11,8 +11,8 @@
   The requeued task plans again and continues the cell from the method's last checkpoint on disk (the
   results folder is the state; nothing else needs saving).
 - **Experts first.** Cells of trajectory methods (a method with ``experts``, e.g. ``mtt-vl``) read expert
-  trajectories; these train in a first stage of ``ExpertWorker`` jobs (several per store, which share the
-  experts through their per-expert locks), and the cell array depends on it (``afterok``). Locally the first
+  trajectories; these train in a first stage of ``ExpertWorker`` jobs (up to ``--array-throttle`` per store,
+  which share its experts through their per-expert locks), and the cell array depends on it (``afterok``). Locally the first
   stage is waited for before the cells start.
 """
 
@@ -149,6 +149,7 @@ class ExpertWorker(_Checkpointable):
     data_root: str | None
     backbone: str | None
     device: str = "auto"
+    num_experts: int = 1  # how many experts the store holds: at most this many jobs share its training
 
     def __call__(self) -> dict:
         from . import api
@@ -178,7 +179,8 @@ def plan_work(runs: list[RunConfig], log: Callable[[str], None] = lambda s: None
                 key = (cell.dataset, cell.method, run.backbone, repr(settings))
                 experts.setdefault(key, ExpertWorker(cell.dataset, cell.method, cell.size,
                                                      run.overrides_for(cell.method, cell.dataset, cell.size),
-                                                     run.cache_dir, run.data_root, run.backbone, run.device))
+                                                     run.cache_dir, run.data_root, run.backbone, run.device,
+                                                     int(getattr(plan.params, "num_experts", 1) or 1)))
     return todo, list(experts.values())
 
 
@@ -191,14 +193,14 @@ class Submission:
 
 def submit(runs: list[RunConfig], executor: Any, *, workers: int | None = None, local: bool = False,
            lock_expiry_s: float = DEFAULT_EXPIRY_S, poll_s: float = 5.0, expert_tasks: int = 1,
-           log: Callable[[str], None] = lambda s: None) -> Submission:
+           log_every_s: float = 30.0, log: Callable[[str], None] = lambda s: None) -> Submission:
     """Submit the experts stage and the cell array to ``executor`` (a submitit ``SlurmExecutor`` or
     ``LocalExecutor``). ``workers``: array tasks (default: one per cell to do; SLURM's array throttle caps
     how many run at once)."""
     todo, expert_workers = plan_work(runs, log)
     expert_jobs = []
     if expert_workers:
-        stage = [w for w in expert_workers for _ in range(expert_tasks)]
+        stage = [w for w in expert_workers for _ in range(max(1, min(expert_tasks, w.num_experts)))]
         expert_jobs = executor.submit_array(stage) if hasattr(executor, "submit_array") else \
             [executor.submit(w) for w in stage]
         log(f"stage 1: {len(stage)} expert jobs for {len(expert_workers)} expert stores")
@@ -208,7 +210,7 @@ def submit(runs: list[RunConfig], executor: Any, *, workers: int | None = None, 
         else:
             executor.update_parameters(dependency="afterok:" + ":".join(str(j.job_id) for j in expert_jobs))
     n = workers or max(1, todo)
-    worker = CellWorker(runs, lock_expiry_s=lock_expiry_s, poll_s=poll_s)
+    worker = CellWorker(runs, lock_expiry_s=lock_expiry_s, poll_s=poll_s, log_every_s=log_every_s)
     cell_jobs = executor.submit_array([worker] * n) if hasattr(executor, "submit_array") else \
         [executor.submit(worker) for _ in range(n)]
     log(f"stage 2: {n} cell workers for {todo} cells to do" + (" (after the experts)" if expert_jobs else ""))
