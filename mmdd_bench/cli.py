@@ -1,4 +1,4 @@
-"""``mmdd-bench``: one command line over methods x datasets x sizes x seeds (run, eval, report, list, data).
+"""``mmdd-bench``: one command line over methods x datasets x sizes x seeds (run, status, submit, rerun, ...).
 
 Results go to stdout, logs and progress bars to stderr. Usage and data errors exit with code 2 and a
 message that says what to fix; a grid in which some cells failed exits with code 1.
