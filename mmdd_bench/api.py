@@ -20,7 +20,7 @@ from .errors import UsageError
 from .memory import PeakMemory
 from .method import METHODS, get_method
 from .params import apply_overrides, check_ranges, identity_dict, unset_fields
-from .plan import EVAL_SCOPE, RunConfig, evaluation_identity, fingerprints, student_seeds
+from .plan import EVAL_SCOPE, Cell, Planner, RunConfig, evaluation_identity, fingerprints, student_seeds
 from .progress import ProgressFn
 from .protocols import PROTOCOLS, get_protocol
 from .records import RecordSpec, RunRecord, build_record, canonical_id, utc_now
@@ -39,6 +39,12 @@ def run(config: RunConfig, *, log: Callable[[str], None] = lambda s: None, progr
     if executor != "local":
         raise UsageError(f"unknown executor {executor!r}; choose local or ray")
     return Runner(config, log=log, progress=progress).run()
+
+
+def plan(config: RunConfig) -> list[Cell]:
+    """The grid's cells with every check made (parameters, sizes, method x protocol pairs); nothing is loaded
+    but the annotation files and the backbones' identities."""
+    return Planner(config, Resources(config.data_root, config.cache_dir, config.backbone)).plan()
 
 
 def artifact_content_id(path: Path, distilled: DistilledSet) -> str:
@@ -77,7 +83,7 @@ def evaluate_artifact(artifact: Path, *, results_dir: Path, cache_dir: Path, dat
     dataset = dataset or made_from
     if not dataset:
         raise UsageError(f"{artifact} does not say which dataset it comes from; pass --dataset.")
-    resources = Resources(data_root, cache_dir, backbone)
+    resources = Resources(data_root, cache_dir, backbone, progress=progress)
     ds = resources.dataset(dataset)
     bb = resources.backbone(backbone or meta.get("backbone") or ds.default_backbone)
     method_name = meta.get("method", "external")
@@ -121,20 +127,20 @@ def evaluate_artifact(artifact: Path, *, results_dir: Path, cache_dir: Path, dat
 def train_experts(dataset: str, *, cache_dir: Path, data_root: str | None = None, backbone: str | None = None,
                   method: str = "mtt-vl", num_experts: int | None = None, epochs: int | None = None,
                   overrides: dict[str, Any] | None = None, device: str = "auto", progress: ProgressFn | None = None,
-                  log: Callable[[str], None] = lambda s: None) -> dict:
+                  log: Callable[[str], None] = lambda s: None, size: int = 100) -> dict:
     """Train (or extend) the expert trajectories ``method`` reads, with the settings a run of it would use,
     so a later run with the same ``overrides`` finds them in the cache."""
     from .method import DistillContext
 
-    resources = Resources(data_root, cache_dir, backbone)
+    resources = Resources(data_root, cache_dir, backbone, progress=progress)
     ds = resources.dataset(dataset)
     dev = resolve_device(device)
     bb = resources.backbone_for(ds).to(dev)
     plugin = get_method(method)
     if not hasattr(plugin, "experts"):
         raise UsageError(f"method {method!r} reads no expert trajectories")
-    params = plugin.resolve_params(apply_overrides(plugin.default_params(100, ds.name), overrides or {}, method), bb)
-    ctx = DistillContext(ds.train_view(), bb, 100, 0, dev, Path(cache_dir), progress)
+    params = plugin.resolve_params(apply_overrides(plugin.default_params(size, ds.name), overrides or {}, method), bb)
+    ctx = DistillContext(ds.train_view(), bb, size, 0, dev, Path(cache_dir), progress)
     _, summary = plugin.experts(ctx, params, num_experts=num_experts, epochs=epochs, log=log)
     return {**summary, "epochs_asked": epochs or params.expert_train_epochs}
 
@@ -147,4 +153,5 @@ def report(results_dir: Path, *, html: bool = False, data_root: str | None = Non
     return write_reports(Path(results_dir), html=html, data_root=data_root, cache_dir=cache_dir)
 
 
-__all__ = ["RunConfig", "RunSummary", "artifact_content_id", "evaluate_artifact", "report", "run", "train_experts"]
+__all__ = ["RunConfig", "RunSummary", "artifact_content_id", "evaluate_artifact", "plan", "report", "run",
+           "train_experts"]

@@ -1,4 +1,4 @@
-"""``mmdd-bench``: one command line over methods x datasets x sizes x seeds (run, eval, report, list, data).
+"""``mmdd-bench``: one command line over methods x datasets x sizes x seeds (run, status, submit, rerun, ...).
 
 Results go to stdout, logs and progress bars to stderr. Usage and data errors exit with code 2 and a
 message that says what to fix; a grid in which some cells failed exits with code 1.
@@ -10,6 +10,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from platformdirs import user_cache_dir
@@ -20,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import DataError, MMDDError, UsageError
+from .progress import PlainProgress, ProgressFn
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -45,37 +48,86 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmdd-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: ./results)")
+    def common(p: argparse.ArgumentParser, results_default: Path | None = Path("results"), work: bool = True) -> None:
+        p.add_argument("--results", type=Path, default=results_default,
+                       help=f"results folder (default: ./{results_default or 'results'}"
+                            + (", or the experiment file's)" if results_default is None else ")"))
         p.add_argument("--cache-dir", type=Path, default=None,
                        help="cache for generated data, decoded images, weights, features (default: MMDD_BENCH_CACHE or the user cache)")
         p.add_argument("--data-root", default=None, help="folder with flickr30k/ and coco/ (default: MMDD_BENCH_DATA)")
-        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-        p.add_argument("--quiet", action="store_true", help="no progress or log lines on stderr")
+        if work:  # options of the commands that distil or evaluate
+            p.add_argument("--device", default=None, help="auto (default) | cpu | cuda | cuda:N")
+            p.add_argument("--quiet", action="store_true", help="no progress or log lines on stderr")
+            log_every(p)
+
+    def log_every(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--log-every", type=float, default=30.0, metavar="SECONDS",
+                       help="when stderr is not a terminal (nohup, CI, SLURM): one progress line per loop every "
+                            "SECONDS instead of a live bar (default 30)")
+
+    def grid(p: argparse.ArgumentParser) -> None:
+        """The options that say what the grid is (defaults: the experiment file's, else the built-in ones)."""
+        p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="an experiment file (.yaml or .toml; presets in configs/); the flags below override it")
+        p.add_argument("--methods", type=_csv(), default=None, help="default: random,herding")
+        p.add_argument("--datasets", type=_csv(), default=None, help="default: shapes")
+        p.add_argument("--sizes", type=_csv(int), default=None, help="default: 50,100")
+        p.add_argument("--seeds", type=_csv(int), default=None, help="default: 0")
+        p.add_argument("--backbone", default=None, help="paper | tiny | clip-<model>[@tag] (default: per dataset)")
+        p.add_argument("--protocol", type=_csv(), default=None,
+                       help="auto (each method's own; the default) | frozen-text | trainable-text, comma-separated")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SCOPE.NAME=VALUE",
+                       help="override a parameter: METHOD.NAME=VALUE or eval.NAME=VALUE (repeatable)")
+        p.add_argument("--force", action="store_true", default=None, help="redo cells that already have a record")
+        p.add_argument("--retry-failed", action="store_true", default=None,
+                       help="rerun only the cells whose record says failed")
+        p.add_argument("--debug", action="store_true", default=None,
+                       help="smoke run (3 iterations, 1 expert, 1 student x 2 epochs): recorded as debug, never in a leaderboard")
+        p.add_argument("--deterministic", action="store_true", default=None,
+                       help="torch's deterministic algorithms (bit-identical reruns and resumes on GPUs; CPUs need none)")
+        p.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                       help="how long to wait for a distillation another process is doing (default 6 h)")
 
     run = sub.add_parser("run", help="distill and evaluate a grid of cells")
-    common(run)
-    run.add_argument("--methods", type=_csv(), default=["random", "herding"])
-    run.add_argument("--datasets", type=_csv(), default=["shapes"])
-    run.add_argument("--sizes", type=_csv(int), default=[50, 100])
-    run.add_argument("--seeds", type=_csv(int), default=[0])
-    run.add_argument("--backbone", default=None, help="paper | tiny | clip-<model>[@tag] (default: per dataset)")
-    run.add_argument("--protocol", type=_csv(), default=["auto"],
-                     help="auto (each method's own) | frozen-text | trainable-text, comma-separated for several")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SCOPE.NAME=VALUE",
-                     help="override a parameter: METHOD.NAME=VALUE or eval.NAME=VALUE (repeatable)")
-    run.add_argument("--force", action="store_true", help="redo cells that already have a record")
-    run.add_argument("--retry-failed", action="store_true", help="rerun only the cells whose record says failed")
-    run.add_argument("--debug", action="store_true",
-                     help="smoke run (3 iterations, 1 expert, 1 student x 2 epochs): recorded as debug, never in a leaderboard")
-    run.add_argument("--executor", choices=["local", "ray"], default="local",
+    common(run, results_default=None)
+    grid(run)
+    run.add_argument("--executor", choices=["local", "ray"], default=None,
                      help="local: cells in this process (torchrun/SLURM ranks shard them); ray: one Ray task per cell")
     run.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     run.add_argument("--json", action="store_true", help="print the records as JSON lines instead of a table")
-    run.add_argument("--deterministic", action="store_true",
-                     help="torch's deterministic algorithms (bit-identical reruns and resumes on GPUs; CPUs need none)")
-    run.add_argument("--lock-timeout", type=float, default=6 * 3600.0, metavar="SECONDS",
-                     help="how long to wait for a distillation another process is doing (default 6 h)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (done / evaluate only / distil) and its estimated cost; nothing is run")
+    run.add_argument("--print-config", action="store_true",
+                     help="print the resolved experiment (every parameter filled in) as a file --config reads")
+
+    st = sub.add_parser("status", help="the grid's state: done, failed, running (who holds it), missing")
+    common(st, results_default=None, work=False)
+    grid(st)
+    st.add_argument("--json", action="store_true", help="the state as JSON")
+
+    sbm = sub.add_parser("submit", help="run the grid as a SLURM job array (submitit), or as local jobs")
+    common(sbm, results_default=None)
+    grid(sbm)
+    where = sbm.add_mutually_exclusive_group(required=True)
+    where.add_argument("--slurm", action="store_true", help="submit to SLURM (sbatch, through submitit)")
+    where.add_argument("--local", action="store_true", help="submitit's local executor (this machine)")
+    sbm.add_argument("--partition", default=None)
+    sbm.add_argument("--gpus-per-task", type=int, default=None, help="default 1")
+    sbm.add_argument("--cpus-per-task", type=int, default=None)
+    sbm.add_argument("--mem-gb", type=float, default=None)
+    sbm.add_argument("--time", default=None, help="time limit per task, SLURM format (default 24:00:00)")
+    sbm.add_argument("--array-throttle", type=int, default=None, metavar="K", help="at most K array tasks at once")
+    sbm.add_argument("--account", default=None)
+    sbm.add_argument("--qos", default=None)
+    sbm.add_argument("--workers", type=int, default=None,
+                     help="array tasks (default: one per cell to do; each claims cells until none is left)")
+    sbm.add_argument("--lock-expiry", type=float, default=None, metavar="SECONDS",
+                     help="a claim whose heartbeat is this old is stale and taken over (default 300)")
+    sbm.add_argument("--wait", action="store_true", help="wait for every job and print their results")
+
+    rr = sub.add_parser("rerun", help="rerun exactly the experiment a record describes, and compare")
+    common(rr, results_default=Path("reruns"))
+    rr.add_argument("record", type=Path, help="a run record, results/runs/<run_id>.json")
 
     ev = sub.add_parser("eval", help="evaluate a saved distilled set (.json/.safetensors) and record the result")
     common(ev)
@@ -122,12 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--cache-dir", type=Path, default=None)
     exp.add_argument("--device", default="auto")
     exp.add_argument("--quiet", action="store_true")
+    log_every(exp)
 
     data = sub.add_parser("data", help="prepare (embedded) or check (Flickr30K/COCO) a dataset")
     data.add_argument("dataset")
     data.add_argument("--skip-images", action="store_true", help="check the JSON only, not every image header")
     data.add_argument("--data-root", default=None)
     data.add_argument("--cache-dir", type=Path, default=None)
+    log_every(data)
     return parser
 
 
@@ -151,6 +205,19 @@ def _progress(quiet: bool) -> Progress:
                     console=stderr, transient=True, disable=quiet)
 
 
+@contextmanager
+def _reporter(quiet: bool, every_s: float = 30.0) -> Iterator[ProgressFn | None]:
+    """Where long loops report: a live bar per loop on a terminal; plain lines every ``every_s`` seconds
+    when stderr is a file or a pipe (a bar there is one line for tens of minutes); nothing under --quiet."""
+    if quiet:
+        yield None
+    elif stderr.is_terminal:
+        with _progress(False) as progress:
+            yield _ProgressReporter(progress)
+    else:
+        yield PlainProgress(_log(False), every_s)
+
+
 def _log(quiet: bool):
     """Log lines are plain text: paths and names may hold brackets that rich would read as markup."""
     return (lambda s: None) if quiet else (lambda s: stderr.print(s, markup=False, highlight=False))
@@ -169,47 +236,205 @@ def _summary_table(records) -> Table:
     return table
 
 
+def _experiment(args):
+    """The experiment of a run/status/submit command: the --config file (if any) with the flags laid over it."""
+    from .config import build_experiment, load_experiment
+    from .params import parse_set_options
+
+    flags = {"methods": args.methods, "datasets": args.datasets, "sizes": args.sizes, "seeds": args.seeds,
+             "backbone": args.backbone, "protocols": args.protocol, "debug": args.debug,
+             "deterministic": args.deterministic, "results": str(args.results) if args.results else None,
+             "cache_dir": str(args.cache_dir_flag) if args.cache_dir_flag else None, "data_root": args.data_root,
+             "device": getattr(args, "device", None), "force": args.force, "retry_failed": args.retry_failed,
+             "lock_timeout": args.lock_timeout, "executor": getattr(args, "executor", None),
+             "ray_address": getattr(args, "ray_address", None), "set": parse_set_options(args.overrides)}
+    file = load_experiment(args.config) if args.config else None
+    return build_experiment(file, flags, source=str(args.config) if args.config else "command line",
+                            cache_dir=args.cache_dir)
+
+
+def _has_grid_flags(args) -> bool:
+    return bool(args.config or args.overrides or any(getattr(args, k) is not None for k in (
+        "methods", "datasets", "sizes", "seeds", "backbone", "protocol")))
+
+
+def _seconds(value: float | None) -> str:
+    from .progress import format_duration
+
+    return "?" if value is None else format_duration(value)
+
+
+def _print_dry_run(grid, as_json: bool) -> None:
+    from . import estimate
+
+    total, unknown_cells = grid.total()
+    experts = grid.experts()
+    meta = grid.experiment.meta
+    if as_json:
+        print(json.dumps({"experiment": meta.model_dump(), "source": grid.experiment.source,
+                          "unknown": grid.unknown, "cells": [c.as_dict() for c in grid.cells],
+                          "total_s": total, "cells_without_estimate": unknown_cells, "experts_s": experts,
+                          "figures": grid.figures.sources, "method": estimate.__doc__}, indent=1))
+        return
+    out = []
+    if meta.name or meta.paper:
+        out.append(f"experiment: {meta.name}" + (f" -- {meta.paper}" if meta.paper else "")
+                   + (f", {meta.table}" if meta.table else "") + (f"; protocol: {meta.protocol}" if meta.protocol else ""))
+    out.append(f"from: {grid.experiment.source}; results: {grid.experiment.runs[0].results_dir}")
+    for what, why in grid.unknown.items():
+        out.append(f"unknown here: {what}: {why}")
+    if grid.unknown:
+        out.append("  -> the run ids of those cells hash what is missing: they are shown as '?' and their state as unknown")
+    actions = {"done": "done", "evaluate": "evaluate only (set saved)", "distil": "distil + evaluate",
+               "unknown": "? (ids unknown here)"}
+    rows = [("run", "dataset", "method", "N", "seed", "variant", "evaluations (protocol run-id state)", "action",
+             "estimate")]
+    for c in grid.cells:
+        evals = ", ".join(f"{e.protocol} {e.run_id or '?'} {e.state}" for e in c.evals)
+        rows.append((str(c.run), c.cell.dataset, c.cell.method, str(c.cell.size), str(c.cell.seed),
+                     (c.plan.evals[0].spec.variant if c.plan.evals else "") or "-", evals, actions[c.action],
+                     _seconds(c.estimate.seconds) if c.action != "done" else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out.append(f"plan: {len(grid.cells)} cells")
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    counts = {k: sum(c.action == k for c in grid.cells) for k in ("done", "evaluate", "distil", "unknown")}
+    summary = [f"cells: {counts['done']} done, {counts['evaluate']} evaluate only, {counts['distil']} distil + evaluate"
+               + (f", {counts['unknown']} unknown" if counts["unknown"] else ""),
+               f"estimated: {_seconds(total)} for the cells with an estimate"
+               + (f"; {unknown_cells} cells to do have none (nothing measured matches)" if unknown_cells else "")
+               + ("" if not experts else f"; plus experts {_seconds(experts)} unless cached"),
+               "how: distillation = s/iteration x iterations, evaluation = s per student x students, from the "
+               "records of earlier cells with the same backbone/method/size (backbone/protocol/dataset and work per "
+               "student), else the benchmark JSON for the same backbone and image size (see mmdd_bench/estimate.py).",
+               "figures: " + ("; ".join(grid.figures.sources) or "none found")]
+    if grid.cells:
+        sources = dict.fromkeys(c.estimate.source for c in grid.cells if c.action != "done" and c.estimate.source)
+        summary += [f"  {s}" for s in list(sources)[:8]]
+    print("\n".join(out + summary))
+
+
 def cmd_run(args) -> int:
     from dataclasses import asdict
 
     from . import api
-    from .params import parse_set_options
-    from .plan import RunConfig
     from .reports.writer import write_leaderboards
     from .resources import shard_from_environment
 
-    config = RunConfig(methods=args.methods, datasets=args.datasets, sizes=args.sizes, seeds=args.seeds,
-                       results_dir=args.results, cache_dir=args.cache_dir, backbone=args.backbone,
-                       protocols=args.protocol, data_root=args.data_root, device=args.device,
-                       overrides=parse_set_options(args.overrides), force=args.force,
-                       retry_failed=args.retry_failed, debug=args.debug, lock_timeout_s=args.lock_timeout,
-                       deterministic=args.deterministic)
+    experiment = _experiment(args)
+    if args.print_config:
+        from .resolve import print_config
+
+        text, unknown = print_config(experiment)
+        print(text, end="")
+        for what, why in unknown.items():
+            _log(args.quiet)(f"note: {what} is absent here ({why}); the parameters do not depend on it, the run ids do")
+        return 0
+    if args.dry_run:
+        from .dryrun import plan_experiment
+
+        _print_dry_run(plan_experiment(experiment), args.json)
+        return 0
+    if len(experiment.runs) > 1:  # every grid is checked before the first one starts
+        for run in experiment.runs:
+            api.plan(run)
     rank, world = shard_from_environment()
     lead = rank == 0  # under torchrun/SLURM only rank 0 draws progress bars and writes leaderboards
     log = _log(args.quiet)
-    with _progress(args.quiet or not lead) as progress:
-        summary = api.run(config, log=log, progress=_ProgressReporter(progress), executor=args.executor,
-                          ray_address=args.ray_address)
+    summaries = []
+    with _reporter(args.quiet or not lead, args.log_every) as progress:
+        for run in experiment.runs:
+            summaries.append(api.run(run, log=log, progress=progress, executor=experiment.executor,
+                                     ray_address=experiment.ray_address))
     if lead:
-        write_leaderboards(config.results_dir)
+        for results in dict.fromkeys(run.results_dir for run in experiment.runs):
+            write_leaderboards(results)
+    records = [r for summary in summaries for r in summary.records]
     if args.json:
-        for r in summary.records:
+        for r in records:
             print(json.dumps(asdict(r)))
     else:
-        stdout.print(_summary_table(summary.records))
-        stdout.print(Text(f"records: {config.results_dir / 'runs'}  leaderboard: {config.results_dir / 'leaderboard'}"))
-    if summary.missing:
+        results = experiment.runs[0].results_dir
+        stdout.print(_summary_table(records))
+        stdout.print(Text(f"records: {results / 'runs'}  leaderboard: {results / 'leaderboard'}"))
+    missing = [m for s in summaries for m in s.missing]
+    if missing:
+        busy = sum(len(s.busy) for s in summaries)
+        refused = sum(len(s.refused) for s in summaries)
         why = []
-        if summary.busy:
-            why.append(f"{len(summary.busy)} held by another process (rerun once it is done to confirm)")
-        if summary.refused:
-            why.append(f"{len(summary.refused)} whose record file cannot be replaced (see the log)")
-        failed = len({r.run_id for r in summary.failed})
+        if busy:
+            why.append(f"{busy} held by another process (rerun once it is done to confirm)")
+        if refused:
+            why.append(f"{refused} whose record file cannot be replaced (see the log)")
+        failed = len({r.run_id for s in summaries for r in s.failed})
         if failed:
             why.append(f"{failed} failed")
-        stderr.print(Text(f"{len(summary.missing)} of {len(summary.planned)} planned evaluations have no ok record: "
-                          + "; ".join(why)))
-    return 0 if summary.complete else 1
+        stderr.print(Text(f"{len(missing)} of {sum(len(s.planned) for s in summaries)} planned evaluations have no ok "
+                          "record: " + "; ".join(why)))
+    return 0 if all(s.complete for s in summaries) else 1
+
+
+def cmd_status(args) -> int:
+    from .status import folder_status, planned_status
+
+    if _has_grid_flags(args):
+        from .dryrun import plan_experiment
+
+        status = planned_status(plan_experiment(_experiment(args)))
+    else:
+        status = folder_status(args.results or Path("results"))
+    if args.json:
+        print(json.dumps(status.as_dict(), indent=1))
+        return 0
+    table = Table(title=Text(f"{status.results}" + (" (planned grid)" if status.planned else " (records and locks)")))
+    for col in ["state", "dataset", "method", "N", "seed", "protocol", "variant", "run id", "detail"]:
+        table.add_column(col)
+    for r in status.rows:
+        table.add_row(*(Text("" if v is None else str(v)) for v in (r.state, r.dataset, r.method, r.size, r.seed,
+                                                                  r.protocol, r.variant, r.run_id, r.detail)))
+    stdout.print(table)
+    stdout.print(Text(", ".join(f"{n} {state}" for state, n in sorted(status.counts().items())) or "no records"))
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from . import submit as sub
+
+    experiment = _experiment(args)
+    slurm = experiment.slurm
+    opts = {k: v for k, v in {"partition": args.partition, "gpus_per_task": args.gpus_per_task,
+                              "cpus_per_task": args.cpus_per_task, "mem_gb": args.mem_gb, "time": args.time,
+                              "array_throttle": args.array_throttle, "account": args.account, "qos": args.qos,
+                              "lock_expiry": args.lock_expiry}.items() if v is not None}
+    slurm = slurm.model_copy(update=opts)
+    folder = experiment.runs[0].results_dir / "submitit"
+    if args.slurm:
+        executor = sub.slurm_executor(folder, partition=slurm.partition, gpus_per_task=slurm.gpus_per_task,
+                                      cpus_per_task=slurm.cpus_per_task, mem_gb=slurm.mem_gb, time_limit=slurm.time,
+                                      array_throttle=slurm.array_throttle, account=slurm.account, qos=slurm.qos)
+    else:
+        executor = sub.local_executor(folder, time_limit=slurm.time, gpus_per_task=slurm.gpus_per_task)
+    log = _log(args.quiet)
+    result = sub.submit(experiment.runs, executor, workers=args.workers or (slurm.array_throttle if args.local else None),
+                        local=args.local, lock_expiry_s=slurm.lock_expiry, log_every_s=args.log_every,
+                        expert_tasks=slurm.array_throttle or 1, log=log)
+    jobs = {"experts": [str(j.job_id) for j in result.expert_jobs], "cells": [str(j.job_id) for j in result.cell_jobs],
+            "folder": str(result.folder)}
+    if args.wait:
+        jobs["results"] = [j.result() for j in result.cell_jobs]
+    print(json.dumps(jobs, indent=1))
+    log(f"logs: {result.folder}; progress: mmdd-bench status --results {experiment.runs[0].results_dir}")
+    return 0
+
+
+def cmd_rerun(args) -> int:
+    from .rerun import rerun_record
+
+    log = _log(args.quiet)
+    with _reporter(args.quiet, args.log_every) as progress:
+        outcome = rerun_record(args.record, results_dir=args.results, cache_dir=args.cache_dir,
+                               data_root=args.data_root, device=args.device, log=log, progress=progress)
+    print(json.dumps(outcome.as_dict(), indent=1))
+    return 0 if outcome.reproduced else 1
 
 
 def cmd_eval(args) -> int:
@@ -220,11 +445,11 @@ def cmd_eval(args) -> int:
     overrides = parse_set_options(args.overrides)
     if set(overrides) - {"eval"}:
         raise UsageError(f"mmdd-bench eval takes --set eval.NAME=VALUE only, got scopes {sorted(overrides)}")
-    with _progress(args.quiet) as progress:
+    with _reporter(args.quiet, args.log_every) as progress:
         rec = api.evaluate_artifact(args.artifact, results_dir=args.results, cache_dir=args.cache_dir,
                                     data_root=args.data_root, dataset=args.dataset, protocol=args.protocol,
                                     backbone=args.backbone, seed=args.seed, overrides=overrides.get("eval", {}),
-                                    device=args.device, progress=_ProgressReporter(progress))
+                                    device=args.device or "auto", progress=progress)
     print(json.dumps({"artifact": str(args.artifact), "dataset": rec.dataset, "protocol": rec.protocol,
                       "protocol_version": rec.protocol_version, "params": rec.protocol_params, "seed": rec.seed,
                       "eval_variant": rec.eval_variant, "mean": rec.metrics["mean"], "std": rec.metrics["std"],
@@ -309,11 +534,11 @@ def cmd_experts(args) -> int:
     if set(overrides) - {"mtt-vl"}:
         raise UsageError(f"mmdd-bench experts takes --set mtt-vl.NAME=VALUE only, got scopes {sorted(overrides)}")
     log = _log(args.quiet)
-    with _progress(args.quiet) as progress:
+    with _reporter(args.quiet, args.log_every) as progress:
         summary = api.train_experts(args.dataset, cache_dir=args.cache_dir, data_root=args.data_root,
                                     backbone=args.backbone, num_experts=args.num_experts, epochs=args.epochs,
                                     overrides=overrides.get("mtt-vl", {}), device=args.device,
-                                    progress=_ProgressReporter(progress), log=log)
+                                    progress=progress, log=log)
     log(f"{summary['num_experts']} experts x {summary['epochs_asked']} epochs in {summary['path']}: "
         f"{summary['bytes_per_expert'] / 2**20:.1f} MiB per expert ({summary['storage_dtype']}), "
         f"{summary['bytes_total'] / 2**20:.1f} MiB in all; trained here in {summary['train_s']:.0f} s")
@@ -329,9 +554,9 @@ def cmd_data(args) -> int:
     from .data import load_dataset
     from .data.validate import validate
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _reporter(False, args.log_every) as progress:
         warnings.simplefilter("ignore")  # the same problems are in the report below
-        ds = load_dataset(args.dataset, args.data_root, args.cache_dir)
+        ds = load_dataset(args.dataset, args.data_root, args.cache_dir, progress)
     report = validate(ds, images=not args.skip_images)
     print(json.dumps({"dataset": ds.name, "root": str(ds.root),
                       "train": {"images": len(ds.train.image_paths), "pairs": ds.train.n_pairs},
@@ -345,12 +570,13 @@ def cmd_data(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "eval": cmd_eval, "show": cmd_show, "cache": cmd_cache, "report": cmd_report, "list": cmd_list, "data": cmd_data,
-            "experts": cmd_experts}
+            "experts": cmd_experts, "status": cmd_status, "submit": cmd_submit, "rerun": cmd_rerun}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(args, "cache_dir"):
+        args.cache_dir_flag = args.cache_dir  # an experiment file's cache_dir applies unless --cache-dir is given
         args.cache_dir = (args.cache_dir or default_cache_dir()).expanduser()
     try:
         return COMMANDS[args.command](args)

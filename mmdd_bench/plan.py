@@ -33,6 +33,19 @@ EVAL_SCOPE = "eval"
 DEBUG_LIMITS = {"iterations": 3, "num_experts": 1, "epochs": 2, "n_students": 1}
 
 
+@dataclass(frozen=True)
+class CellOverride:
+    """``--set``-style overrides for the cells of one dataset and/or size (``None``: every one), from an
+    experiment file's ``cells:`` list; they take precedence over the run's global ``overrides``."""
+
+    dataset: str | None = None
+    size: int | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def applies(self, dataset: str, size: int | None) -> bool:
+        return (self.dataset is None or self.dataset == dataset) and (self.size is None or self.size == size)
+
+
 @dataclass
 class RunConfig:
     methods: list[str]
@@ -51,6 +64,7 @@ class RunConfig:
     debug: bool = False  # smoke run under DEBUG_LIMITS: recorded, but never in a leaderboard
     lock_timeout_s: float = 6 * 3600.0  # how long to wait for a distillation another process is doing
     deterministic: bool = False  # torch's deterministic kernels (recorded in each record's environment)
+    cell_overrides: list[CellOverride] = field(default_factory=list)  # per dataset/size, over ``overrides``
 
     def __post_init__(self) -> None:
         # Absolute paths: Ray workers and SLURM tasks may start in another working directory.
@@ -61,6 +75,22 @@ class RunConfig:
         bad = [s for s in self.seeds if s < 0]
         if bad:
             raise UsageError(f"--seeds must be >= 0 (numpy seeds are non-negative), got {bad}")
+
+    def overrides_for(self, scope: str, dataset: str, size: int | None = None) -> dict[str, Any]:
+        """The overrides of ``scope`` for one dataset and size: the global ones, then each matching cell entry."""
+        out = dict(self.overrides.get(scope, {}))
+        for entry in self.cell_overrides:
+            if entry.applies(dataset, size):
+                out.update(entry.overrides.get(scope, {}))
+        return out
+
+    def cell_experiment(self, cell: Cell, protocol: str) -> dict[str, Any]:
+        """What a record stores of the experiment that made it: enough for ``mmdd-bench rerun`` to plan
+        this one evaluation again (the grid narrowed to its cell, the overrides that applied to it)."""
+        scopes = {scope: self.overrides_for(scope, cell.dataset, cell.size) for scope in (cell.method, EVAL_SCOPE)}
+        return {"methods": [cell.method], "datasets": [cell.dataset], "sizes": [cell.size], "seeds": [cell.seed],
+                "backbone": self.backbone, "protocols": [protocol], "set": {k: v for k, v in scopes.items() if v},
+                "debug": self.debug, "deterministic": self.deterministic}
 
 
 def apply_debug_limits(params: Any) -> Any:
@@ -102,7 +132,7 @@ class Planner:
         self.config = config
         self.resources = resources
         self.methods: dict[str, Method] = {m: get_method(m) for m in dict.fromkeys(config.methods)}
-        for scope in config.overrides:
+        for scope in [*config.overrides, *(s for entry in config.cell_overrides for s in entry.overrides)]:
             if scope != EVAL_SCOPE and scope not in self.methods:
                 raise UsageError(f"--set {scope}.*: {scope!r} is neither a method in this run "
                                  f"({', '.join(self.methods)}) nor 'eval'.")
@@ -115,7 +145,7 @@ class Planner:
         """Defaults plus overrides, before resolution (``None`` still means "derive it")."""
         params = method.default_params(size, dataset)
         if overrides:
-            params = apply_overrides(params, self.config.overrides.get(method.name, {}), scope=method.name)
+            params = apply_overrides(params, self.config.overrides_for(method.name, dataset, size), scope=method.name)
         return apply_debug_limits(params) if self.config.debug else params
 
     def method_params(self, method: Method, size: int, dataset: str, backbone: BackboneSpec, *, overrides: bool = True):
@@ -123,14 +153,16 @@ class Planner:
         check_ranges(params, method.name)
         return params
 
-    def raw_eval_params(self, protocol: Protocol, dataset: str, *, overrides: bool = True):
+    def raw_eval_params(self, protocol: Protocol, dataset: str, *, overrides: bool = True, size: int | None = None):
         params = protocol.default_params(dataset)
         if overrides:
-            params = apply_overrides(params, self.config.overrides.get(EVAL_SCOPE, {}), scope=EVAL_SCOPE)
+            params = apply_overrides(params, self.config.overrides_for(EVAL_SCOPE, dataset, size), scope=EVAL_SCOPE)
         return apply_debug_limits(params) if self.config.debug else params
 
-    def eval_params(self, protocol: Protocol, dataset: str, backbone: BackboneSpec, *, overrides: bool = True):
-        params = protocol.resolve_params(self.raw_eval_params(protocol, dataset, overrides=overrides), backbone)
+    def eval_params(self, protocol: Protocol, dataset: str, backbone: BackboneSpec, *, overrides: bool = True,
+                    size: int | None = None):
+        params = protocol.resolve_params(self.raw_eval_params(protocol, dataset, overrides=overrides, size=size),
+                                         backbone)
         check_ranges(params, EVAL_SCOPE)
         return params
 
@@ -160,7 +192,8 @@ class Planner:
                                 f"{method.name} (N={size}) makes sets with {kind} text, which protocol {name!r} cannot "
                                 f"read (it reads {', '.join(accepts)}). Score it under --protocol auto or one of: "
                                 f"{', '.join(n for n in PROTOCOLS.names() if kind in PROTOCOLS.get(n).accepts)}.")
-                    self.eval_params(get_protocol(own), ds_name, bb)
+                    for name in dict.fromkeys((own, *protocols)):
+                        self.eval_params(get_protocol(name), ds_name, bb, size=size)
                     for seed in dict.fromkeys(self.config.seeds):
                         cells.append(Cell(ds_name, method.name, size, seed, protocols))
         return cells
@@ -180,9 +213,9 @@ class Planner:
         evals = []
         for name in cell.protocols:
             protocol = get_protocol(name)
-            eval_params = self.eval_params(protocol, cell.dataset, bb)
+            eval_params = self.eval_params(protocol, cell.dataset, bb, size=cell.size)
             eval_defaults = self.eval_params(protocol, cell.dataset, bb, overrides=False)
-            eval_derived = unset_fields(self.raw_eval_params(protocol, cell.dataset),
+            eval_derived = unset_fields(self.raw_eval_params(protocol, cell.dataset, size=cell.size),
                                         self.raw_eval_params(protocol, cell.dataset, overrides=False))
             spec = evaluation_identity(distill_spec, ds, protocol, eval_params)
             evals.append(EvalPlan(name, eval_params, RecordSpec(
@@ -193,7 +226,8 @@ class Planner:
                 protocol_params=protocol.identity(eval_params), variant=variant,
                 eval_variant=protocol.variant(eval_params, eval_defaults, eval_derived),
                 eval_seeds=student_seeds(cell.seed, eval_params.n_students), debug=self.config.debug,
-                deterministic=method.deterministic, source="run", artifact=f"artifacts/{distill_id}")))
+                deterministic=method.deterministic, source="run", artifact=f"artifacts/{distill_id}",
+                experiment=self.config.cell_experiment(cell, name))))
         return CellPlan(cell, params, distill_spec, distill_id, evals)
 
 
@@ -231,5 +265,5 @@ def evaluation_identity(distill_spec: dict, ds: Dataset, protocol: Protocol, par
     return spec
 
 
-__all__ = ["Cell", "CellPlan", "DEBUG_LIMITS", "EVAL_SCOPE", "EvalPlan", "Planner", "RunConfig", "apply_debug_limits",
+__all__ = ["Cell", "CellOverride", "CellPlan", "DEBUG_LIMITS", "EVAL_SCOPE", "EvalPlan", "Planner", "RunConfig", "apply_debug_limits",
            "distill_identity", "evaluation_identity", "fingerprints", "student_seeds"]

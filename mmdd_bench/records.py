@@ -85,6 +85,7 @@ class RecordSpec:
     deterministic: bool = False
     source: str = "run"  # "run": a harness cell; "eval": ``mmdd-bench eval`` on a saved set
     artifact: str | None = None
+    experiment: dict = field(default_factory=dict)  # the cell's experiment, as ``mmdd-bench rerun`` replans it
 
 
 @dataclass
@@ -129,6 +130,7 @@ class RunRecord:
     debug: bool = False  # ran under the harness's debugging limits: kept out of leaderboards
     deterministic: bool = False  # the method ignores the seed: its seeds share one set
     source: str = "run"
+    experiment: dict[str, Any] = field(default_factory=dict)  # what was asked for this cell (``rerun`` reads it)
     schema_version: int = SCHEMA_VERSION
 
     def save(self, results_dir: Path) -> Path:

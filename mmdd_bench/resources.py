@@ -17,6 +17,7 @@ from .data.splits import Dataset
 from .encoders import BackboneSpec, build_backbone, describe_backbone
 from .encoders.backbone import Backbone
 from .errors import UsageError
+from .progress import ProgressFn
 
 LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "SLURM_LOCALID")
 
@@ -91,8 +92,9 @@ class Resources:
     """Datasets and backbones of one run, each loaded on first use and then shared by every cell."""
 
     def __init__(self, data_root: str | None, cache_dir: Path, backbone: str | None = None,
-                 log: Callable[[str], None] = lambda s: None) -> None:
+                 log: Callable[[str], None] = lambda s: None, progress: ProgressFn | None = None) -> None:
         self.data_root = data_root
+        self.progress = progress  # dataset generation and backbone preparation report here
         self.cache_dir = Path(cache_dir)
         self.backbone_override = backbone
         self.log = log
@@ -102,7 +104,7 @@ class Resources:
 
     def dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
-            self._datasets[name] = load_dataset(name, self.data_root, self.cache_dir)
+            self._datasets[name] = load_dataset(name, self.data_root, self.cache_dir, self.progress)
         return self._datasets[name]
 
     def backbone_name(self, dataset: Dataset) -> str:
@@ -112,7 +114,7 @@ class Resources:
         """The backbone itself (models loaded): only where a cell distils or evaluates."""
         if name not in self._backbones:
             self.log(f"building backbone {name!r}")
-            built = build_backbone(name, self.cache_dir)
+            built = build_backbone(name, self.cache_dir, progress=self.progress)
             spec = self.spec(name)
             if built.weights_id != spec.weights_id:  # one definition of identity, or records would lie
                 raise RuntimeError(f"backbone {name!r} built with weights {built.weights_id}, planned as {spec.weights_id}")
@@ -122,7 +124,7 @@ class Resources:
     def spec(self, name: str) -> BackboneSpec:
         """The backbone's identity and defaults (no model loaded): what planning needs."""
         if name not in self._specs:
-            self._specs[name] = describe_backbone(name, self.cache_dir)
+            self._specs[name] = describe_backbone(name, self.cache_dir, progress=self.progress)
         return self._specs[name]
 
     def spec_for(self, dataset: Dataset) -> BackboneSpec:

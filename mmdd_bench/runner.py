@@ -57,6 +57,10 @@ class RunSummary:
         return not self.missing and not self.failed
 
 
+def describe(cell: Cell) -> str:
+    return f"{cell.dataset} {cell.method} N={cell.size} seed={cell.seed}"
+
+
 class Runner:
     def __init__(self, config: RunConfig, log: Callable[[str], None] = lambda s: None,
                  progress: ProgressFn | None = None) -> None:
@@ -67,7 +71,7 @@ class Runner:
             use_deterministic_algorithms()
         self.device = resolve_device(config.device)
         self.store = ResultsStore(config.results_dir)
-        self.resources = Resources(config.data_root, config.cache_dir, config.backbone, log)
+        self.resources = Resources(config.data_root, config.cache_dir, config.backbone, log, progress)
         self.planner = Planner(config, self.resources)
 
     def plan(self) -> list[Cell]:
@@ -136,7 +140,7 @@ class Runner:
         held = []
         try:
             for ev in todo:
-                lock = self.store.lock(ev.run_id, "eval")
+                lock = self.store.lock(ev.run_id, "eval", what=f"{describe(cell)} {ev.protocol}")
                 try:
                     lock.acquire(timeout=self.config.lock_timeout_s if wait else 0)
                 except Timeout:
@@ -200,7 +204,8 @@ class Runner:
         """The cell's set: the saved one when it is this cell's, else distilled here under the cell's
         distillation lock (others wait for it)."""
         path = self.store.artifact_path(plan.distill_id)
-        with self.store.lock(plan.distill_id, "distill").acquire(timeout=self.config.lock_timeout_s):
+        with self.store.lock(plan.distill_id, "distill", what=f"{describe(plan.cell)} distillation").acquire(
+                timeout=self.config.lock_timeout_s):
             if path.with_suffix(".json").is_file() and not self.config.force:
                 distilled = self._saved_set(plan)
                 if distilled is not None:
@@ -263,4 +268,4 @@ class Runner:
         return distilled, timings, memory
 
 
-__all__ = ["CellOutcome", "RunSummary", "Runner"]
+__all__ = ["CellOutcome", "RunSummary", "Runner", "describe"]

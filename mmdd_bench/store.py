@@ -20,6 +20,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .errors import UsageError
+from .locks import DEFAULT_EXPIRY_S, HeartbeatLock, LockInfo, PairedLock, held_locks
 from .records import RecordError, RunRecord, load_record
 
 HEX_ID = re.compile(r"^[0-9a-f]{16}$")
@@ -80,11 +81,26 @@ class ResultsStore:
     def checkpoint_dir(self, distill_id: str) -> Path:
         return self.root / "checkpoints" / check_id(distill_id, "distillation id")
 
-    def lock(self, key: str, kind: str) -> FileLock:
-        """``kind`` is ``eval`` (one evaluation) or ``distill`` (one distilled set)."""
+    def lock(self, key: str, kind: str, what: str = "", expiry_s: float = DEFAULT_EXPIRY_S) -> PairedLock:
+        """``kind`` is ``eval`` (one evaluation) or ``distill`` (one distilled set): an flock on
+        ``locks/<id>.<kind>.lock`` and, beside it, the heartbeat file ``<id>.<kind>.held`` that says who
+        holds it and keeps the lock exclusive across the hosts of a shared filesystem (``locks.py``)."""
         folder = self.root / "locks"
         folder.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(folder / f"{check_id(key)}.{kind}.lock"))
+        name = f"{check_id(key)}.{kind}"
+        return PairedLock(FileLock(str(folder / f"{name}.lock")),
+                          HeartbeatLock(folder / f"{name}.held", what=what, expiry_s=expiry_s))
+
+    def claim(self, key: str, what: str = "", expiry_s: float = DEFAULT_EXPIRY_S) -> HeartbeatLock:
+        """A worker's claim on a cell (``mmdd-bench submit``): heartbeat only, so it holds across hosts."""
+        folder = self.root / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        return HeartbeatLock(folder / f"{check_id(key)}.claim", what=what, expiry_s=expiry_s)
+
+    def held(self) -> list[LockInfo]:
+        """Every held lock and claim in the folder (stale ones marked): who runs what, for ``status``."""
+        folder = self.root / "locks"
+        return [*held_locks(folder, "*.held"), *held_locks(folder, "*.claim")] if folder.is_dir() else []
 
     # ---- records -----------------------------------------------------------------------------------
     def record_state(self, run_id: str) -> RecordState:

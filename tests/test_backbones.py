@@ -29,7 +29,7 @@ def test_pretraining_fallback_repairs_a_corrupt_cached_file(monkeypatch, tmp_pat
     aside, named in a warning, and pretrained again (pretraining is replaced by a quick stand-in here)."""
     import mmdd_bench.encoders.tiny as tiny_module
 
-    monkeypatch.setattr(tiny_module, "_pretrain", lambda seed: {k: v.contiguous() for k, v in
+    monkeypatch.setattr(tiny_module, "_pretrain", lambda seed, progress=None: {k: v.contiguous() for k, v in
                                                                 tiny_module.TinyConvNet().state_dict().items()})
     monkeypatch.setenv("MMDD_BENCH_TINY_PRETRAIN", "1")
     bb = build_backbone("tiny", tmp_path)

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import DataError, UsageError
+from ..progress import ProgressFn
 from .karpathy import load_retrieval_split, load_train_split
 from .shapes import SHAPES_CONFIGS, ensure_generated
 from .splits import Dataset, RetrievalSplit, TrainSplit
@@ -32,19 +33,20 @@ def resolve_data_root(data_root: str | Path | None) -> Path:
     return path
 
 
-def dataset_dir(name: str, data_root: str | Path | None, cache_dir: Path) -> Path:
+def dataset_dir(name: str, data_root: str | Path | None, cache_dir: Path, progress: ProgressFn | None = None) -> Path:
     if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}.")
     if name in EMBEDDED:
-        return ensure_generated(name, cache_dir)
+        return ensure_generated(name, cache_dir, progress)
     folder = resolve_data_root(data_root) / name
     if not folder.is_dir():
         raise DataError(f"dataset folder {folder} is missing; expected {folder}/annotations/*.json and its images.")
     return folder
 
 
-def load_dataset(name: str, data_root: str | Path | None, cache_dir: Path) -> Dataset:
-    folder = dataset_dir(name, data_root, cache_dir)
+def load_dataset(name: str, data_root: str | Path | None, cache_dir: Path, progress: ProgressFn | None = None) -> Dataset:
+    """``progress`` hears about the embedded datasets' generation on first use."""
+    folder = dataset_dir(name, data_root, cache_dir, progress)
     prefix, backbone, description = DATASETS[name]
     ann = folder / "annotations"
     ds = Dataset(

@@ -20,6 +20,8 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageDraw
 
+from ..progress import ProgressFn
+
 GENERATOR_VERSION = "1"
 SHAPES = ["circle", "square", "triangle", "cross", "diamond"]
 COLOURS = {
@@ -145,7 +147,8 @@ def scene_labels(scene: dict) -> dict[str, int]:
     }
 
 
-def generate_labelled_images(n: int, image_size: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def generate_labelled_images(n: int, image_size: int, seed: int,
+                             progress: ProgressFn | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """In-memory scenes with attribute labels; the tiny backbone pretrains its image encoder on these,
     from a seed stream disjoint from every dataset split."""
     rng = np.random.default_rng([seed, 7919])
@@ -156,10 +159,13 @@ def generate_labelled_images(n: int, image_size: int, seed: int) -> tuple[np.nda
         images[i] = render_scene(scene, image_size, rng)
         for k, v in scene_labels(scene).items():
             labels[k].append(v)
+        if progress and ((i + 1) % 100 == 0 or i + 1 == n):
+            progress("drawing pretraining scenes", i + 1, n)
     return images, {k: np.asarray(v, dtype=np.int64) for k, v in labels.items()}
 
 
-def _write_split(out: Path, split: str, n: int, cfg: ShapesConfig, stream: int) -> None:
+def _write_split(out: Path, split: str, n: int, cfg: ShapesConfig, stream: int,
+                 progress: ProgressFn | None = None, what: str = "") -> None:
     rng = np.random.default_rng([cfg.seed, stream])
     entries = []
     for i in range(n):
@@ -167,6 +173,8 @@ def _write_split(out: Path, split: str, n: int, cfg: ShapesConfig, stream: int) 
         rel = f"images/{split}_{i:06d}.png"
         Image.fromarray(render_scene(scene, cfg.image_size, rng)).save(out / rel)
         caps = make_captions(scene, cfg.captions_per_image, rng)
+        if progress and ((i + 1) % 100 == 0 or i + 1 == n):
+            progress(what or f"generating {split}", i + 1, n)
         if split == "train":
             entries += [{"image": rel, "caption": c, "image_id": f"{split}_{i}"} for c in caps]
         else:
@@ -174,7 +182,7 @@ def _write_split(out: Path, split: str, n: int, cfg: ShapesConfig, stream: int) 
     (out / "annotations" / f"shapes_{split}.json").write_text(json.dumps(entries))
 
 
-def ensure_generated(name: str, cache_dir: Path) -> Path:
+def ensure_generated(name: str, cache_dir: Path, progress: ProgressFn | None = None) -> Path:
     """Generate the dataset once under the cache (atomically: a temp folder renamed into place)."""
     cfg = SHAPES_CONFIGS[name]
     target = cache_dir / "datasets" / f"shapes-{cfg.key()}"
@@ -189,7 +197,7 @@ def ensure_generated(name: str, cache_dir: Path) -> Path:
             (tmp / "annotations").mkdir()
             (tmp / "images").mkdir()
             for stream, (split, n) in enumerate([("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)]):
-                _write_split(tmp, split, n, cfg, stream)
+                _write_split(tmp, split, n, cfg, stream, progress, f"generating {name} {split} images")
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)

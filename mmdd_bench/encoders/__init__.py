@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
+from ..progress import ProgressFn
 from .backbone import Backbone
 from .identity import BackboneSpec, describe_backbone
 
@@ -15,12 +16,14 @@ BACKBONE_NAMES = {
 }
 
 
-def build_backbone(name: str, cache_dir: Path, *, pretrained: bool = True, image_size: int | None = None) -> Backbone:
-    """``pretrained=False`` builds the architecture with random weights (tests, cost benchmarks only)."""
+def build_backbone(name: str, cache_dir: Path, *, pretrained: bool = True, image_size: int | None = None,
+                   progress: ProgressFn | None = None) -> Backbone:
+    """``pretrained=False`` builds the architecture with random weights (tests, cost benchmarks only);
+    ``progress`` hears about long preparations (the tiny encoder's pretraining, where it happens here)."""
     if name == "tiny":
         from .tiny import build_tiny
 
-        return build_tiny(cache_dir, pretrained=pretrained)
+        return build_tiny(cache_dir, pretrained=pretrained, progress=progress)
     if name == "paper":
         from .paper import build_paper
 

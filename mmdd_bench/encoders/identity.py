@@ -18,6 +18,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from ..errors import UsageError, WeightsError
+from ..progress import ProgressFn
 
 BERT_NAME = "bert-base-uncased"
 NFNET_NAME = "nfnet_l0"
@@ -112,12 +113,14 @@ def paper_weights_id(cache_dir: Path) -> str:
             f"+{BERT_NAME}-{file_digest(bert_weights_file(), cache_dir)}")
 
 
-def describe_backbone(name: str, cache_dir: Path, pretrained: bool = True) -> BackboneSpec:
+def describe_backbone(name: str, cache_dir: Path, pretrained: bool = True,
+                      progress: ProgressFn | None = None) -> BackboneSpec:
     """What the planner needs of a backbone, without building it."""
     if name == "tiny":
         from .tiny import IMAGE_SIZE, tiny_weights_id
 
-        return BackboneSpec("tiny", tiny_weights_id(cache_dir) if pretrained else "random", IMAGE_SIZE, 0.01, 0.1)
+        weights = tiny_weights_id(cache_dir, progress) if pretrained else "random"
+        return BackboneSpec("tiny", weights, IMAGE_SIZE, 0.01, 0.1)
     if name == "paper":
         return BackboneSpec("paper", paper_weights_id(cache_dir) if pretrained else "random", 224, 0.01, 0.1)
     if name.startswith("clip-"):

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import WeightsError
+from ..progress import ProgressFn
 from .backbone import CLIP_MEAN, CLIP_STD, Backbone, HFTokenizer
 from .text import BertTextEncoder
 
@@ -54,10 +55,10 @@ class TinyConvNet(nn.Module):
         return self.features(x).mean(dim=(2, 3))
 
 
-def _pretrain(seed: int) -> dict[str, torch.Tensor]:
+def _pretrain(seed: int, progress: ProgressFn | None = None) -> dict[str, torch.Tensor]:
     from ..data.shapes import ATTRIBUTES, generate_labelled_images
 
-    images, labels = generate_labelled_images(PRETRAIN_IMAGES, IMAGE_SIZE, seed)
+    images, labels = generate_labelled_images(PRETRAIN_IMAGES, IMAGE_SIZE, seed, progress)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     x_all = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
@@ -68,8 +69,12 @@ def _pretrain(seed: int) -> dict[str, torch.Tensor]:
         heads = nn.ModuleDict({k: nn.Linear(IMAGE_DIM, len(v)) for k, v in ATTRIBUTES.items()})
         opt = torch.optim.Adam([*net.parameters(), *heads.parameters()], lr=2e-3)
         gen = torch.Generator().manual_seed(seed)
+        steps, step = PRETRAIN_EPOCHS * -(-len(x_all) // 128), 0
         for _ in range(PRETRAIN_EPOCHS):
             for idx in torch.randperm(len(x_all), generator=gen).split(128):
+                step += 1
+                if progress:
+                    progress("pretraining the tiny image encoder", step, steps)
                 feats = net(x_all[idx])
                 loss = sum(F.cross_entropy(head(feats), y_all[k][idx]) for k, head in heads.items())
                 opt.zero_grad()
@@ -114,7 +119,8 @@ def packaged_image_encoder() -> tuple[TinyConvNet, str]:
         return _load(path, "packaged weights"), f"{_key(0)}-{digest[:12]}"
 
 
-def pretrained_image_encoder(cache_dir: Path, seed: int = 0) -> tuple[TinyConvNet, str]:
+def pretrained_image_encoder(cache_dir: Path, seed: int = 0,
+                             progress: ProgressFn | None = None) -> tuple[TinyConvNet, str]:
     """Pretrain once (about a minute on 2 cores) and cache the weights as safetensors. A cached file that
     cannot be read is moved aside (``.bad-<time>``) with a warning and pretrained again."""
     key = _key(seed)
@@ -129,7 +135,7 @@ def pretrained_image_encoder(cache_dir: Path, seed: int = 0) -> tuple[TinyConvNe
                 os.replace(path, bad)
                 warnings.warn(f"{exc}; moved it to {bad.name} and pretraining again", stacklevel=2)
         if not path.is_file():
-            state = _pretrain(seed)
+            state = _pretrain(seed, progress)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             save_file(state, str(tmp))
             os.replace(tmp, path)
@@ -157,15 +163,15 @@ def _text_id() -> str:
     return f"all-MiniLM-L6-v2[:{TEXT_LAYERS}]"
 
 
-def tiny_weights_id(cache_dir: Path) -> str:
+def tiny_weights_id(cache_dir: Path, progress: ProgressFn | None = None) -> str:
     """The weights id without building the backbone (the packaged weights' pinned hash, or the digest of the
     weights pretrained here)."""
     if not _pretrain_here():
         return f"{_key(0)}-{PACKAGED_SHA256[:12]}+{_text_id()}"
-    return f"{pretrained_image_encoder(cache_dir)[1]}+{_text_id()}"
+    return f"{pretrained_image_encoder(cache_dir, progress=progress)[1]}+{_text_id()}"
 
 
-def build_tiny(cache_dir: Path, pretrained: bool = True) -> Backbone:
+def build_tiny(cache_dir: Path, pretrained: bool = True, progress: ProgressFn | None = None) -> Backbone:
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -174,7 +180,8 @@ def build_tiny(cache_dir: Path, pretrained: bool = True) -> Backbone:
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     if pretrained:
         text_model = transformers.AutoModel.from_pretrained(path, num_hidden_layers=TEXT_LAYERS)
-        image, image_id = pretrained_image_encoder(cache_dir) if _pretrain_here() else packaged_image_encoder()
+        image, image_id = (pretrained_image_encoder(cache_dir, progress=progress) if _pretrain_here()
+                           else packaged_image_encoder())
     else:
         config = transformers.AutoConfig.from_pretrained(path, num_hidden_layers=TEXT_LAYERS)
         text_model = transformers.AutoModel.from_config(config)
