@@ -133,11 +133,11 @@ def test_one_student_epoch_trainable_text_tiny(benchmark):
     protocol = get_protocol("trainable-text")
     params = protocol.default_params("shapes")
     params.epochs = 1
-    text = protocol.student_text(distilled, bb, cpu)
+    data = protocol.student_data(distilled, ds, bb, cpu, CACHE)
     lrs, _ = protocol.learning_rates(distilled, bb, params)
 
     def epoch():
-        model = bb.dual_encoder(text_trainable=True, image_head=True, seed=0)
-        return protocol.train_student(model, distilled.images, text, params, lrs, 0, cpu)
+        model = protocol.build_student(bb, 0, cpu)
+        return protocol.train_student(model, data, params, lrs, 0, cpu)
 
     assert benchmark.pedantic(epoch, rounds=3, iterations=1) == 1

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seeds", type=_csv(int), default=None, help="default: 0")
         p.add_argument("--backbone", default=None, help="paper | tiny | clip-<model>[@tag] (default: per dataset)")
         p.add_argument("--protocol", type=_csv(), default=None,
-                       help="auto (each method's own; the default) | frozen-text | trainable-text, comma-separated")
+                       help="auto (each method's own; the default) | all (every protocol that reads the set) | "
+                            "trainable-text | frozen-text | frozen-text-mtt | frozen-encoders, comma-separated")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SCOPE.NAME=VALUE",
                        help="override a parameter: METHOD.NAME=VALUE or eval.NAME=VALUE (repeatable)")
         p.add_argument("--force", action="store_true", default=None, help="redo cells that already have a record")

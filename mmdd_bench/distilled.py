@@ -25,6 +25,7 @@ from .errors import DataError
 TextKind = Literal["captions", "sentence_embeddings", "token_embeddings"]
 TEXT_KINDS = ("captions", "sentence_embeddings", "token_embeddings")
 FORMAT_VERSION = 1
+REFERENCE_TRAIN = "train"  # a set that is the whole training split, by reference (``full-data``)
 LEARNED_LRS = ("lr_image", "lr_text")  # learned step sizes a set may carry for its students
 # Extras that record where a set came from rather than what a student trains on: free of budget.
 BOOKKEEPING_EXTRAS = ("source_pairs",)
@@ -62,6 +63,10 @@ class DistilledSet:
     - ``token_embeddings``: [N, L, d] input embeddings of ``encoder_id`` plus ``attention_mask`` [N, L].
     ``extras`` holds other tensors (learned learning rates, source indices, a learned similarity: see
     ``SIMILARITY_EXTRAS``). ``budget_pairs`` is the budget the set was made for (None: its length).
+
+    ``reference="train"`` is the whole training split as a set (``full-data``, the ceiling), held by
+    reference instead of copied: no images ([0, 3, H, W] keeps the geometry) and no captions; its length is
+    ``budget_pairs``, the split's pair count, and a protocol reads the pairs from the dataset.
     """
 
     images: torch.Tensor
@@ -73,9 +78,17 @@ class DistilledSet:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     budget_pairs: int | None = None
+    reference: str | None = None
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
+        if self.reference is not None:
+            if self.reference != REFERENCE_TRAIN:
+                raise ValueError(f"reference must be {REFERENCE_TRAIN!r} (the whole training split), got {self.reference!r}")
+            if n != 0 or self.text_kind != "captions" or self.captions or self.text_embeddings is not None:
+                raise ValueError("a reference set holds no pairs of its own: images [0, 3, H, W], captions []")
+            if not isinstance(self.budget_pairs, int) or self.budget_pairs < 1:
+                raise ValueError("a reference set's budget_pairs is the split's pair count")
         if self.budget_pairs is None:
             self.budget_pairs = n
         if isinstance(self.budget_pairs, bool) or not isinstance(self.budget_pairs, int) or self.budget_pairs < n:
@@ -140,7 +153,7 @@ class DistilledSet:
             raise ValueError(f"sim_scale must be one number, got shape {tuple(scale.shape)}")
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.budget_pairs if self.reference is not None else self.images.shape[0]
 
     @property
     def has_similarity(self) -> bool:
@@ -192,8 +205,10 @@ class DistilledSet:
         header = {"format": "mmdd-bench distilled set", "format_version": FORMAT_VERSION,
                   "text_kind": self.text_kind, "captions": self.captions, "encoder_id": self.encoder_id,
                   "meta": self.meta}
-        if self.budget_pairs != len(self):  # only when it says more than the length: old headers stay as they were
+        if self.budget_pairs != self.images.shape[0]:  # only when it differs: old headers stay as they were
             header["budget_pairs"] = self.budget_pairs
+        if self.reference is not None:
+            header["reference"] = self.reference
         st_path, json_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
         tmp_st = st_path.with_suffix(f".safetensors.tmp{os.getpid()}")
         tmp_js = json_path.with_suffix(f".json.tmp{os.getpid()}")
@@ -234,6 +249,7 @@ class DistilledSet:
                 extras={k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")},
                 meta=header.get("meta", {}),
                 budget_pairs=header.get("budget_pairs"),
+                reference=header.get("reference"),
             )
         except (KeyError, ValueError) as exc:
             raise DataError(f"distilled set {stem} is inconsistent: {exc}") from exc

@@ -81,6 +81,16 @@ class Method:
         checks it against each protocol of a run before any work starts."""
         return "captions"
 
+    def fixed_size(self, dataset: Any) -> int | None:
+        """A method whose set has a size of its own (``full-data``: the split's pair count) says it here; the
+        planner then plans that one size instead of ``--sizes``."""
+        return None
+
+    def eval_defaults(self, dataset_name: str) -> dict[str, Any]:
+        """Evaluation settings this method's sets need beyond the protocol's defaults (``full-data``: fewer
+        epochs on the embedded datasets); user overrides still win, and records show them as eval variants."""
+        return {}
+
     def protocol_for(self, params: Any) -> str:
         """The protocol that fits the sets these params produce (``--protocol auto``)."""
         return self.default_protocol
@@ -95,6 +105,7 @@ for _name, _ref in {
     "herding": "mmdd_bench.methods.herding:Herding",
     "covmatch": "mmdd_bench.methods.covmatch:CovMatch",
     "mtt-vl": "mmdd_bench.methods.mtt_vl:MTTVL",
+    "full-data": "mmdd_bench.methods.full_data:FullData",
     "tesla-vl": "mmdd_bench.methods.tesla_vl:TeslaVL",
     "lors": "mmdd_bench.methods.lors:LoRS",
     "k-center": "mmdd_bench.methods.kcenter:KCenter",

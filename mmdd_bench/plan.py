@@ -137,7 +137,7 @@ class Planner:
                 raise UsageError(f"--set {scope}.*: {scope!r} is neither a method in this run "
                                  f"({', '.join(self.methods)}) nor 'eval'.")
         for name in config.protocols:
-            if name != "auto":
+            if name not in ("auto", "all"):
                 PROTOCOLS.get(name)
 
     # ---- parameters --------------------------------------------------------------------------------
@@ -153,18 +153,28 @@ class Planner:
         check_ranges(params, method.name)
         return params
 
-    def raw_eval_params(self, protocol: Protocol, dataset: str, *, overrides: bool = True, size: int | None = None):
+    def raw_eval_params(self, protocol: Protocol, dataset: str, *, overrides: bool = True, size: int | None = None,
+                        method: Method | None = None):
+        """The protocol's defaults, then what the method's sets need (``Method.eval_defaults``), then the user's
+        overrides; with ``overrides=False``, the protocol's defaults alone (what variant labels compare with)."""
         params = protocol.default_params(dataset)
+        if overrides and method is not None and method.eval_defaults(dataset):
+            params = apply_overrides(params, method.eval_defaults(dataset), scope=EVAL_SCOPE)
         if overrides:
             params = apply_overrides(params, self.config.overrides_for(EVAL_SCOPE, dataset, size), scope=EVAL_SCOPE)
         return apply_debug_limits(params) if self.config.debug else params
 
     def eval_params(self, protocol: Protocol, dataset: str, backbone: BackboneSpec, *, overrides: bool = True,
-                    size: int | None = None):
-        params = protocol.resolve_params(self.raw_eval_params(protocol, dataset, overrides=overrides, size=size),
-                                         backbone)
+                    size: int | None = None, method: Method | None = None):
+        params = protocol.resolve_params(self.raw_eval_params(protocol, dataset, overrides=overrides, size=size,
+                                                              method=method), backbone)
         check_ranges(params, EVAL_SCOPE)
         return params
+
+    def sizes(self, method: Method, ds: Dataset) -> list[int]:
+        """``--sizes``, or the one size a method's sets have of their own (``full-data``: every pair)."""
+        fixed = method.fixed_size(ds)
+        return [fixed] if fixed is not None else list(dict.fromkeys(self.config.sizes))
 
     # ---- the grid ----------------------------------------------------------------------------------
     def plan(self) -> list[Cell]:
@@ -177,14 +187,16 @@ class Planner:
             for size in self.config.sizes:
                 if size < 1 or size > n_images:
                     raise UsageError(f"size {size} is outside 1..{n_images}, the number of train images of {ds_name}.")
-            for protocol_name in (p for p in self.config.protocols if p != "auto"):
+            for protocol_name in (p for p in self.config.protocols if p not in ("auto", "all")):
                 self.eval_params(get_protocol(protocol_name), ds_name, bb)  # type and range errors now
             for method in self.methods.values():
-                for size in dict.fromkeys(self.config.sizes):
+                for size in self.sizes(method, ds):
                     params = self.method_params(method, size, ds_name, bb)
                     own = method.protocol_for(params)
-                    protocols = tuple(dict.fromkeys(own if p == "auto" else p for p in self.config.protocols))
                     kind = method.text_kind(params)
+                    readers = [n for n in PROTOCOLS.names() if kind in PROTOCOLS.get(n).accepts]
+                    protocols = tuple(dict.fromkeys(q for p in self.config.protocols
+                                                    for q in ([own] if p == "auto" else readers if p == "all" else [p])))
                     for name in protocols:
                         accepts = PROTOCOLS.get(name).accepts
                         if kind not in accepts:
@@ -193,7 +205,7 @@ class Planner:
                                 f"read (it reads {', '.join(accepts)}). Score it under --protocol auto or one of: "
                                 f"{', '.join(n for n in PROTOCOLS.names() if kind in PROTOCOLS.get(n).accepts)}.")
                     for name in dict.fromkeys((own, *protocols)):
-                        self.eval_params(get_protocol(name), ds_name, bb, size=size)
+                        self.eval_params(get_protocol(name), ds_name, bb, size=size, method=method)
                     for seed in dict.fromkeys(self.config.seeds):
                         cells.append(Cell(ds_name, method.name, size, seed, protocols))
         return cells
@@ -213,9 +225,9 @@ class Planner:
         evals = []
         for name in cell.protocols:
             protocol = get_protocol(name)
-            eval_params = self.eval_params(protocol, cell.dataset, bb, size=cell.size)
+            eval_params = self.eval_params(protocol, cell.dataset, bb, size=cell.size, method=method)
             eval_defaults = self.eval_params(protocol, cell.dataset, bb, overrides=False)
-            eval_derived = unset_fields(self.raw_eval_params(protocol, cell.dataset, size=cell.size),
+            eval_derived = unset_fields(self.raw_eval_params(protocol, cell.dataset, size=cell.size, method=method),
                                         self.raw_eval_params(protocol, cell.dataset, overrides=False))
             spec = evaluation_identity(distill_spec, ds, protocol, eval_params)
             evals.append(EvalPlan(name, eval_params, RecordSpec(

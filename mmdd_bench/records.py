@@ -158,7 +158,8 @@ def build_record(spec: RecordSpec, *, status: str, started: str, device: str, re
         rec.notes += [str(n) for n in distilled.meta.get("notes", []) if isinstance(n, str)]  # the method's own
         rec.n_pairs = len(distilled)
         rec.budget_pairs = distilled.budget_pairs
-        rec.storage_bytes = distilled.storage_bytes()
+        # A reference set (full-data) stores no pairs of its own: its bytes are the dataset's, not measured here.
+        rec.storage_bytes = None if distilled.reference is not None else distilled.storage_bytes()
     if result is not None:
         rec.metrics = {"mean": result.mean, "std": result.std, "per_student": result.per_student}
         rec.selected_epochs = list(result.selected_epochs)

@@ -14,17 +14,21 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 
 from ..data.images import ImageStore
 from ..data.splits import Dataset, RetrievalSplit
 from ..distilled import DistilledSet
 from ..encoders.backbone import Backbone
-from ..encoders.heads import DualEncoder, contrastive_loss
+from ..encoders.heads import DualEncoder, ProjectionHead, contrastive_loss, head
 from ..encoders.losses import LOSS_KINDS
 from ..errors import UsageError
 from ..metrics import METRIC_NAMES, retrieval_metrics
 from ..params import apply_overrides, identity_dict, param, variant_label
 from ..progress import ProgressFn
+
+STUDENT_MODES = ("auto", "together", "one-by-one")
 
 
 @dataclass
@@ -46,6 +50,9 @@ class EvalParams:
     use_learned_similarity: bool = param(True, omit_default=True)
     # The student's loss, overriding the set's ("": the set's, else InfoNCE).
     student_loss: str = param("", choices=("", *LOSS_KINDS), omit_default=True)
+    # How students train: together (torch.func.vmap; what GPUs want) or one by one; "auto" picks per device.
+    # Operational: both give the same students within float tolerance.
+    students: str = param("auto", choices=STUDENT_MODES, operational=True)
 
     def inactive_fields(self) -> set[str]:
         return {"val_every"} if self.selection == "final" else set()
@@ -78,10 +85,55 @@ def summarize(per_student: list[dict[str, float]]) -> tuple[dict[str, float], di
     return mean, std
 
 
-# How a student's text enters: (model, sample indices) -> projected text features.
-TextBatches = Callable[[DualEncoder, torch.Tensor], torch.Tensor]
+# How a student's text enters: (model, sample indices, the text head's dropout mask or None) -> projected
+# text features.
+TextBatches = Callable[[DualEncoder, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 # A student's loss on a batch: (projected image features, projected text features, sample indices) -> scalar.
 StudentLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class PairImages:
+    """The training split's pairs as a student's images, read from the decoded-image store batch by batch:
+    the ``full-data`` ceiling trains on every pair without a copy of the split in memory."""
+
+    def __init__(self, store: ImageStore, pair_image: np.ndarray, device: torch.device) -> None:
+        self.store, self.pair_image, self.device = store, np.asarray(pair_image), device
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.pair_image), 3, self.store.size, self.store.size)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.store.batch(self.pair_image[idx.cpu().numpy()]).to(self.device, non_blocking=True)
+
+
+@dataclass
+class StudentData:
+    """What a protocol's students train on: inputs of the trained image tower (images, or frozen image
+    features) and the text, both indexed by pair; ``text_features`` when the text side is a head over fixed
+    features (what lets students train together)."""
+
+    images: torch.Tensor | PairImages
+    text: TextBatches
+    text_features: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return self.images.shape[0]
+
+
+class HeadDropout:
+    """Each student's dropout masks for its projection heads, drawn from its own generator: the same masks
+    whether the students train one by one or together, so both give the same students."""
+
+    def __init__(self, seed: int, p: float, dim: int, image_head: bool, device: torch.device) -> None:
+        self.gen = torch.Generator().manual_seed(int(seed) * 2 + 1_000_003)  # apart from the batch-order stream
+        self.p, self.dim, self.image_head, self.device = p, dim, image_head, device
+
+    def draw(self, batch: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        keep = (torch.rand(2 if self.image_head else 1, batch, self.dim, generator=self.gen) >= self.p).float()
+        keep = keep.to(self.device, non_blocking=True)
+        return (keep[0] if self.image_head else None), keep[-1]
 
 
 class Protocol:
@@ -95,7 +147,10 @@ class Protocol:
     inactive_params: frozenset[str] = frozenset()
 
     # ---- what subclasses define -------------------------------------------------------------------
-    def student_text(self, distilled: DistilledSet, backbone: Backbone, device: torch.device) -> TextBatches:
+    def student_text(self, distilled: DistilledSet, dataset: Dataset, backbone: Backbone, device: torch.device,
+                     cache_dir) -> tuple[TextBatches, torch.Tensor | None]:
+        """How the set's text enters a student, and the fixed features behind it when the text side is a head
+        over them (None when text passes through a trained encoder)."""
         raise NotImplementedError
 
     def test_text_features(self, model: DualEncoder, split: RetrievalSplit, backbone: Backbone,
@@ -157,6 +212,39 @@ class Protocol:
                 f"encoder {backbone.text_encoder_id!r}; evaluate with --backbone matching the set."
             )
 
+    # ---- what students are and what they see -------------------------------------------------------
+    def build_student(self, backbone: Backbone, seed: int, device: torch.device) -> DualEncoder:
+        """A fresh student: pretrained encoders and projection heads initialised from ``seed``."""
+        return backbone.dual_encoder(text_trainable=self.text_trainable, image_head=self.image_head, seed=seed,
+                                     device=device)
+
+    def student_images(self, distilled: DistilledSet, dataset: Dataset, backbone: Backbone, device: torch.device,
+                       cache_dir) -> torch.Tensor | PairImages:
+        """The set's images as the student's image tower takes them (the training split's, for a reference)."""
+        if distilled.reference is not None:
+            store = ImageStore(dataset.train.image_paths, backbone.image_size, cache_dir, dataset.train.fingerprint,
+                               backbone.mean, backbone.std)
+            return PairImages(store, dataset.train.pair_image, device)
+        return distilled.images.to(device)
+
+    def student_data(self, distilled: DistilledSet, dataset: Dataset, backbone: Backbone, device: torch.device,
+                     cache_dir) -> StudentData:
+        text, features = self.student_text(distilled, dataset, backbone, device, cache_dir)
+        return StudentData(self.student_images(distilled, dataset, backbone, device, cache_dir), text, features)
+
+    def students_mode(self, data: StudentData, params: EvalParams, device: torch.device) -> tuple[str, str]:
+        """("together" | "one-by-one", why). Together (``torch.func.vmap`` over stacked students) needs a text
+        side that is a head over fixed features and final-epoch selection; it pays on GPUs, where it turns
+        n_students small kernels into one, while on CPUs the sequential loop is faster (measured in
+        BENCHMARKS.md: a vmapped convolution with per-student weights lowers to a grouped convolution)."""
+        if data.text_features is None:
+            return "one-by-one", "the text encoder trains, and Hugging Face encoders cannot be vmapped (data-dependent control flow)"
+        if params.selection != "final":
+            return "one-by-one", "selection on val keeps each student's best epoch"
+        if params.students == "one-by-one" or (params.students == "auto" and device.type != "cuda"):
+            return "one-by-one", "the sequential loop is the faster one on CPUs" if params.students == "auto" else "asked for"
+        return "together", "torch.func.vmap over the stacked students"
+
     def evaluate(self, distilled: DistilledSet, dataset: Dataset, backbone: Backbone, params: EvalParams,
                  seed: int, device: torch.device, cache_dir, progress: ProgressFn | None = None) -> EvalResult:
         params = self.resolve_params(params, backbone)
@@ -172,56 +260,66 @@ class Protocol:
         if params.selection == "val":
             val_images = ImageStore(dataset.val.image_paths, backbone.image_size, cache_dir,
                                     dataset.val.fingerprint, backbone.mean, backbone.std)
-        images = distilled.images.to(device)
-        text = self.student_text(distilled, backbone, device)
-        cache: dict = {}
-        per_student, selected = [], []
-        for k in range(params.n_students):
-            student_seed = seed * 1000 + k
-            model = backbone.dual_encoder(text_trainable=self.text_trainable, image_head=self.image_head,
-                                          seed=student_seed, device=device)
-
-            def score(split: RetrievalSplit, store: ImageStore, m: DualEncoder = model) -> dict[str, float]:
-                return self.score(m, split, store, backbone, device, cache)
-
-            best_epoch = self.train_student(
-                model, images, text, params, lrs, student_seed, device,
-                validate=(lambda m: score(dataset.val, val_images, m)) if val_images is not None else None,
-                progress=(lambda d, t, k=k: progress(f"student {k + 1}/{params.n_students}", d, t)) if progress else None,
-                loss=loss,
-            )
-            per_student.append(score(dataset.test, test_images))
-            selected.append(best_epoch)
+        data = self.student_data(distilled, dataset, backbone, device, cache_dir)
+        cache: dict = {"cache_dir": cache_dir}
+        seeds = student_seeds(seed, params.n_students)
+        models = [self.build_student(backbone, s, device) for s in seeds]
+        mode, why = self.students_mode(data, params, device)
+        notes.append(f"students trained {mode} ({why})")
+        if mode == "together":
+            self.train_together(models, data, params, lrs, seeds, device, loss, backbone.projection_dim, progress)
+            selected = [params.epochs] * len(models)
+        else:
+            selected = []
+            for k, (model, student_seed) in enumerate(zip(models, seeds, strict=True)):
+                selected.append(self.train_student(
+                    model, data, params, lrs, student_seed, device,
+                    validate=(lambda m: self.score(m, dataset.val, val_images, backbone, device, cache))
+                    if val_images is not None else None,
+                    progress=(lambda d, t, k=k: progress(f"student {k + 1}/{params.n_students}", d, t)) if progress else None,
+                    loss=loss, dim=backbone.projection_dim))
+        per_student = [self.score(m, dataset.test, test_images, backbone, device, cache) for m in models]
         mean, std = summarize(per_student)
         return EvalResult(per_student, mean, std, asdict(params), selected, lrs,
                           time.perf_counter() - start, notes)
 
-    def train_student(self, model: DualEncoder, images: torch.Tensor, text: TextBatches, params: EvalParams,
-                      lrs: dict[str, float], seed: int, device: torch.device,
-                      validate: Callable[[DualEncoder], dict[str, float]] | None = None,
-                      progress: Callable[[int, int], None] | None = None, loss: StudentLoss | None = None) -> int:
-        """SGD with momentum, lr x0.1 at ``lr_decay_epoch``; returns the selected epoch (1-based).
-
-        ``loss``: the batch loss (``student_loss``); None is InfoNCE with diagonal targets."""
-        groups = [{"params": model.encoder_parameters(), "lr": lrs["encoder"]},
-                  {"params": model.head_parameters(), "lr": lrs["projection"]}]
+    def _optimizer(self, named: dict[str, torch.Tensor], model: DualEncoder, lrs: dict[str, float],
+                   params: EvalParams) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
+        """SGD with momentum over the encoder group and the head group, x0.1 at ``lr_decay_epoch``."""
+        heads = {id(p) for p in model.head_parameters()}
+        head_names = {n for n, p in model.named_parameters() if id(p) in heads}
+        encoder_names = {n for n, p in model.named_parameters() if p.requires_grad and id(p) not in heads}
+        groups = [{"params": [named[n] for n in sorted(encoder_names) if n in named], "lr": lrs["encoder"]},
+                  {"params": [named[n] for n in sorted(head_names) if n in named], "lr": lrs["projection"]}]
         opt = torch.optim.SGD([g for g in groups if g["params"]], momentum=params.momentum,
                               weight_decay=params.weight_decay)
         decay = params.lr_decay_epoch or max(1, params.epochs // 2)  # resolved by evaluate; direct callers may not
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[decay], gamma=0.1)
+        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[decay], gamma=0.1)
+
+    def train_student(self, model: DualEncoder, data: StudentData, params: EvalParams, lrs: dict[str, float],
+                      seed: int, device: torch.device, validate: Callable[[DualEncoder], dict[str, float]] | None = None,
+                      progress: Callable[[int, int], None] | None = None, loss: StudentLoss | None = None,
+                      dim: int | None = None) -> int:
+        """One student, one batch at a time; returns the selected epoch (1-based). ``loss``: the batch loss
+        (``student_loss``); None is InfoNCE with diagonal targets. Batch order and head dropout come from the
+        student's own generators (``seed``); dropout inside a trained text encoder from torch's, seeded too."""
+        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        opt, sched = self._optimizer(named, model, lrs, params)
         gen = torch.Generator().manual_seed(seed)
-        n = images.shape[0]
+        dropout = HeadDropout(seed, model.text_head.dropout.p, dim or model.text_head.norm.normalized_shape[0],
+                              isinstance(model.image_head, ProjectionHead), device)
         best = (-1.0, params.epochs, None)
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-            torch.manual_seed(seed)  # dropout
+            torch.manual_seed(seed)  # dropout inside a trained text encoder
             for epoch in range(1, params.epochs + 1):
                 model.train()
                 if not self.text_trainable:
                     model.text_encoder.eval()
-                for idx in torch.randperm(n, generator=gen).split(params.batch_size):
+                for idx in torch.randperm(data.n, generator=gen).split(params.batch_size):
                     idx_dev = idx.to(device)
-                    _, g_img = model.image_features(images[idx_dev])
-                    g_txt = text(model, idx_dev)
+                    keep_img, keep_txt = dropout.draw(len(idx))
+                    _, g_img = model.image_features(data.images[idx_dev], keep_img)
+                    g_txt = data.text(model, idx_dev, keep_txt)
                     batch_loss = contrastive_loss(g_img, g_txt) if loss is None else loss(g_img, g_txt, idx_dev)
                     if not torch.isfinite(batch_loss):
                         raise FloatingPointError(
@@ -241,6 +339,53 @@ class Protocol:
             model.load_state_dict(best[2])
         return best[1]
 
+    def train_together(self, models: list[DualEncoder], data: StudentData, params: EvalParams, lrs: dict[str, float],
+                       seeds: list[int], device: torch.device, loss: StudentLoss | None, dim: int,
+                       progress: ProgressFn | None = None) -> None:
+        """All students in one computation: their trainable parameters stacked (``torch.func``), each with its
+        own initialisation, batch order and dropout masks (the very ones ``train_student`` draws), so the result
+        equals the sequential loop within float tolerance. SGD's update is elementwise, so stepping the stacked
+        tensors is stepping each student."""
+        steps = [_TrainedPart(m) for m in models]
+        for m in models:
+            m.train()
+            m.text_encoder.eval()
+        stacked, buffers = stack_module_state(steps)
+        template = copy.deepcopy(steps[0]).to("meta")
+        opt, sched = self._optimizer(stacked, _Prefixed(models[0]), lrs, params)
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        dropouts = [HeadDropout(s, models[0].text_head.dropout.p, dim, isinstance(models[0].image_head, ProjectionHead),
+                                device) for s in seeds]
+        text = data.text_features
+
+        def one(p, b, x, t, keep_img, keep_txt, idx):
+            g_img, g_txt = functional_call(template, (p, b), (x, t, keep_img, keep_txt))
+            return contrastive_loss(g_img, g_txt) if loss is None else loss(g_img, g_txt, idx)
+
+        batched = vmap(one, in_dims=(0, 0, 0, 0, 0, 0, 0), randomness="error")
+        for epoch in range(1, params.epochs + 1):
+            orders = [torch.randperm(data.n, generator=g).split(params.batch_size) for g in gens]
+            for batch in zip(*orders, strict=True):
+                idx = torch.stack(batch).to(device)  # [students, batch]
+                keeps = [d.draw(idx.shape[1]) for d in dropouts]
+                keep_txt = torch.stack([k[1] for k in keeps])
+                keep_img = torch.stack([k[0] for k in keeps]) if keeps[0][0] is not None else keep_txt
+                x = torch.stack([data.images[i] for i in idx])
+                losses = batched(stacked, buffers, x, text[idx], keep_img, keep_txt, idx)
+                if not bool(torch.isfinite(losses).all()):
+                    raise FloatingPointError(f"a student's loss became non-finite at epoch {epoch}; lower eval.lr_encoder / "
+                                             "eval.lr_projection")
+                opt.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                opt.step()
+            sched.step()
+            if progress:
+                progress(f"{len(models)} students together", epoch, params.epochs)
+        with torch.no_grad():
+            for k, step in enumerate(steps):
+                for name, p in step.named_parameters():
+                    p.copy_(stacked[name][k])
+
     @torch.no_grad()
     def score(self, model: DualEncoder, split: RetrievalSplit, store: ImageStore, backbone: Backbone,
               device: torch.device, cache: dict) -> dict[str, float]:
@@ -251,3 +396,38 @@ class Protocol:
         img = torch.nn.functional.normalize(torch.cat(feats), dim=-1)
         txt = torch.nn.functional.normalize(self.test_text_features(model, split, backbone, device, cache).float(), dim=-1)
         return retrieval_metrics(img @ txt.T, split.img2txt)
+
+
+class _TrainedPart(nn.Module):
+    """The parts of a student that train when its text side is a head over fixed features: the image tower
+    and both heads, as one module whose forward ``torch.func.functional_call`` can run on stacked weights."""
+
+    def __init__(self, model: DualEncoder) -> None:
+        super().__init__()
+        self.m = nn.ModuleDict({"image_encoder": model.image_encoder, "image_head": model.image_head,
+                                "text_head": model.text_head})
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor, keep_img: torch.Tensor,
+                keep_txt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g_img = head(self.m["image_head"], self.m["image_encoder"](images), keep_img)
+        return g_img, head(self.m["text_head"], text, keep_txt)
+
+
+class _Prefixed:
+    """A student's parameter names as ``_TrainedPart`` stacks them (``m.image_encoder...``), for ``_optimizer``."""
+
+    def __init__(self, model: DualEncoder) -> None:
+        self.model = model
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return self.model.head_parameters()
+
+    def named_parameters(self):
+        for name, p in self.model.named_parameters():
+            if not name.startswith("text_encoder."):
+                yield f"m.{name}", p
+
+
+def student_seeds(seed: int, n_students: int) -> list[int]:
+    """The seeds of an evaluation's students (initialisation, batch order, dropout)."""
+    return [seed * 1000 + k for k in range(n_students)]

@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import torch
 
-from ..data.splits import RetrievalSplit
+from ..data.images import ImageStore
+from ..data.splits import Dataset, RetrievalSplit
 from ..distilled import DistilledSet, similarity_of
 from ..encoders.backbone import Backbone, encode_captions
-from ..encoders.heads import DualEncoder
+from ..encoders.heads import DualEncoder, head
 from ..encoders.losses import soft_contrastive_loss
+from ..features import split_features, train_features
 from .base import EvalParams, Protocol, StudentLoss, TextBatches
 
 
 @torch.no_grad()
-def sentence_features(distilled: DistilledSet, backbone: Backbone, device: torch.device) -> torch.Tensor:
-    """The distilled text as features of the frozen pretrained text encoder."""
+def sentence_features(distilled: DistilledSet, backbone: Backbone, device: torch.device,
+                      dataset: Dataset | None = None, cache_dir=None) -> torch.Tensor:
+    """The distilled text as features of the frozen pretrained text encoder (for a reference set, the
+    training split's caption features, cached)."""
+    if distilled.reference is not None:
+        assert dataset is not None, "a reference set's text comes from its dataset"
+        store = ImageStore(dataset.train.image_paths, backbone.image_size, cache_dir, dataset.train.fingerprint,
+                           backbone.mean, backbone.std)
+        return train_features(dataset.train, store, backbone, device, cache_dir)[1].to(device)
     encoder = backbone.text_encoder.to(device).eval()
     if distilled.text_kind == "sentence_embeddings":
         return distilled.text_embeddings.to(device)
@@ -30,22 +39,23 @@ def sentence_features(distilled: DistilledSet, backbone: Backbone, device: torch
 
 class FrozenTextProtocol(Protocol):
     name = "frozen-text"
-    version = "1"
+    # 2: students' head dropout from each student's own generator (the same masks one by one or together).
+    version = "2"
     accepts = ("captions", "sentence_embeddings", "token_embeddings")
     text_trainable = False
     image_head = False
     description = "fresh pretrained image encoder + text projection trainable, text encoder frozen (MTT-VL, LoRS)"
 
-    def student_text(self, distilled: DistilledSet, backbone: Backbone, device: torch.device) -> TextBatches:
-        feats = sentence_features(distilled, backbone, device)
-        return lambda m, idx: m.text_head(feats[idx])
+    def student_text(self, distilled: DistilledSet, dataset: Dataset, backbone: Backbone, device: torch.device,
+                     cache_dir) -> tuple[TextBatches, torch.Tensor]:
+        feats = sentence_features(distilled, backbone, device, dataset, cache_dir)
+        return (lambda m, idx, keep=None: head(m.text_head, feats[idx], keep)), feats
 
     def test_text_features(self, model: DualEncoder, split: RetrievalSplit, backbone: Backbone,
                            device: torch.device, cache: dict) -> torch.Tensor:
         key = ("frozen-sentence", split.fingerprint)
-        if key not in cache:  # the frozen encoder gives the same features to every student
-            encoder = backbone.text_encoder.to(device).eval()
-            cache[key] = encode_captions(encoder, backbone, split.captions, device)
+        if key not in cache:  # the frozen encoder gives the same features to every student (and every run)
+            cache[key] = split_features(split, backbone, device, cache["cache_dir"], "text").to(device)
         with torch.no_grad():
             return model.text_head(cache[key])
 

@@ -68,6 +68,9 @@ def render_artifact(artifact: Path, out: Path, max_items: int, data_root: str | 
     from ..features import train_features
 
     distilled = DistilledSet.load(artifact)
+    if distilled.reference is not None:
+        raise MMDDError(f"{artifact} is the whole training split by reference ({distilled.meta.get('method', '?')}): "
+                        "it has no images of its own to show")
     captions = distilled.captions
     if distilled.text_kind != "captions":
         meta = distilled.meta
