@@ -14,7 +14,7 @@ Budget: the field counts LoRS's sets as N-1 pairs plus the similarity for a budg
 captions state it; LoRS's scripts pass 99 / 199 / 499), fair when S's parameters fit in the freed pair's
 bytes, which is checked before any work; ``budget=pairs`` keeps N pairs (an ablation over budget).
 
-Published defaults: LoRS's scripts per dataset and size (``tesla_vl.PUBLISHED``), nearest size. The
+Published defaults: LoRS's scripts per dataset and size (``tesla_loop.PUBLISHED``), nearest size. The
 published Flickr-500 config is reported wrong by LoRS's author (issue #7 of silicx/LoRS_Distill); it is kept
 as published and the sets made with it say so in ``meta["notes"]``. Published LoRS numbers select the
 distillation iteration and the evaluation epoch on the *test* split; we never do (final epoch or val).
@@ -30,8 +30,7 @@ import torch
 from mmdd_bench.distilled import similarity_block
 from mmdd_bench.errors import UsageError
 from mmdd_bench.method import DistillContext
-
-from .tesla_vl import TeslaVL, TeslaVLParams
+from mmdd_bench.tesla_loop import TeslaMatching, TeslaParams
 
 SIM_TYPES = ("lowrank", "full")
 BUDGETS = ("minus-one", "pairs")
@@ -39,7 +38,7 @@ FLOAT_BYTES = 4
 
 
 @dataclass
-class LoRSParams(TeslaVLParams):
+class LoRSParams(TeslaParams):
     lr_sim: float = 10.0
     sim_type: str = "lowrank"
     sim_rank: int = 10
@@ -118,7 +117,7 @@ class FullSimilarity:
         return {"kind": "full"}
 
 
-class LoRS(TeslaVL):
+class LoRS(TeslaMatching):
     name = "lors"
     version = "1"
     default_protocol = "frozen-text"

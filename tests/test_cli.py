@@ -171,7 +171,7 @@ def test_debug_runs_are_recorded_but_never_enter_a_leaderboard(cache_dir, tmp_pa
     for rec in recs.values():
         assert rec["debug"] is True and rec["protocol_params"]["epochs"] == 2 and rec["protocol_params"]["n_students"] == 1
     assert recs["mtt-vl"]["method_params"]["iterations"] == 3 and recs["mtt-vl"]["method_params"]["num_experts"] == 1
-    assert recs["mtt-vl"]["protocol"] == "frozen-text" and any("learned step sizes" in n for n in recs["mtt-vl"]["notes"])
+    assert recs["mtt-vl"]["protocol"] == "frozen-text-mtt" and any("learned image step size" in n for n in recs["mtt-vl"]["notes"])
     assert json.loads(capsys.readouterr().out.splitlines()[0])["debug"] is True
     assert pd.read_csv(res / "leaderboard" / "leaderboard.csv").empty
     # The full run of the same cell is another identity: the debug record never stands in for it.
