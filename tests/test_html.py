@@ -19,7 +19,8 @@ def page(cache_dir, tmp_path_factory):
     res = tmp_path_factory.mktemp("html") / "results"
     common = ["--cache-dir", str(cache_dir), "--results", str(res), "--quiet", "--datasets", "shapes-mini",
               "--set", "eval.epochs=2", "--set", "eval.n_students=1"]
-    assert main(["run", "--methods", "random,covmatch", "--sizes", "4,6", "--set", "covmatch.iterations=2", *common]) == 0
+    assert main(["run", "--methods", "random,covmatch", "--sizes", "4,6", "--set", "covmatch.iterations=2",
+                 "--protocol", "trainable-text,frozen-text", *common]) == 0
     assert main(["report", "--html", "--results", str(res), "--cache-dir", str(cache_dir)]) == 0
     return res / "index.html"
 
@@ -31,6 +32,10 @@ def test_page_has_tables_figures_galleries_and_missing_rows(page):
     assert len(imgs) >= 4 and all((page.parent / src).is_file() for src in imgs)
     assert "gallery/shapes-mini__tiny__covmatch.png" in text
     assert "Published rows not measured here yet" in text and "mtt-vl" in text
+    # The protocol matrix: both protocols as columns, random and covmatch as rows, at each size.
+    assert "Protocol matrix: shapes-mini / backbone tiny" in text and text.count('<table class="matrix">') == 2
+    assert "<th>frozen-text</th><th>trainable-text</th>" in text and "<td>covmatch iterations=2</td>" in text
+    assert "how much of CovMatch's lead over LoRS is protocol" in text
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian package 'chromium'); CI installs it")
@@ -41,7 +46,7 @@ def test_page_renders_in_headless_chromium(page, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     loaded = re.search(r'data-images="(\d+)/(\d+)"', dom.stdout)
     assert loaded and loaded.group(1) == loaded.group(2) and int(loaded.group(2)) >= 4, "some figures did not decode"
-    assert "<table" in dom.stdout
+    assert "<table" in dom.stdout and dom.stdout.count('class="matrix"') == 2
     shot = tmp_path / "page.png"
     subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1280,2400",
                     page.as_uri()], capture_output=True, timeout=120, check=True)

@@ -169,3 +169,72 @@ def test_gain_at_equal_storage_interpolates_random_and_never_extrapolates():
     assert np.isnan(board.loc["mtt-vl", "random_equal_bytes"])  # 80 pairs: outside the measured 10..40
     random_rows = board.loc["random"]
     assert (random_rows["gain_equal_bytes"] == 0).all()
+
+
+def test_share_of_ceiling_uses_the_full_data_row_of_the_same_protocol():
+    recs = [make_record(f"f{s}", seed=s, method="full-data", size=1000, deterministic=True, metrics=metrics(50.0),
+                        eval_variant="epochs=10") for s in range(2)]
+    recs += [make_record(f"r{s}", seed=s, metrics=metrics(10.0)) for s in range(2)]
+    recs += [make_record(f"t{s}", seed=s, protocol="trainable-text", metrics=metrics(20.0)) for s in range(2)]
+    board = leaderboard(records_frame(recs)).set_index(["method", "protocol"])
+    assert board.loc[("random", "frozen-text"), "share_of_ceiling"] == 20.0  # 10 of the frozen-text ceiling 50
+    assert board.loc[("full-data", "frozen-text"), "share_of_ceiling"] == 100.0
+    assert np.isnan(board.loc[("random", "trainable-text"), "share_of_ceiling"])  # no trainable-text ceiling run
+    assert "| 20% |" in to_markdown(board.reset_index())
+
+
+def matrix_records() -> list:
+    """random and covmatch under two protocols at one size, with the frozen-text ceiling."""
+    recs = []
+    for proto, rand, cov in [("frozen-text", [10.0, 11.0, 12.0], [14.0, 15.0, 16.0]),
+                             ("trainable-text", [15.0, 16.0, 17.0], [15.0, 17.0, 16.0])]:
+        recs += [make_record(f"r{proto}{s}", seed=s, protocol=proto, metrics=metrics(v)) for s, v in enumerate(rand)]
+        recs += [make_record(f"c{proto}{s}", seed=s, method="covmatch", protocol=proto, metrics=metrics(v))
+                 for s, v in enumerate(cov)]
+    recs += [make_record("f0", method="full-data", size=1000, metrics=metrics(40.0))]
+    return recs
+
+
+def test_protocol_matrix_separates_method_from_protocol(tmp_path):
+    from mmdd_bench.reports.matrix import matrix_markdown, protocol_matrix, random_lifts
+
+    board = leaderboard(records_frame(matrix_records()))
+    matrix = protocol_matrix(board).set_index(["method", "protocol"])
+    assert set(matrix.index) == {("random", "frozen-text"), ("random", "trainable-text"),
+                                 ("covmatch", "frozen-text"), ("covmatch", "trainable-text")}  # no ceiling cell
+    assert matrix.loc[("covmatch", "frozen-text"), "gain_vs_random"] == 4.0
+    assert matrix.loc[("covmatch", "trainable-text"), "gain_vs_random"] == 0.0
+    assert matrix.loc[("covmatch", "trainable-text"), "vs_random"] == "~ random"
+    # covmatch under trainable-text "leads" covmatch under frozen-text by 1 point; random's lift is 5: all protocol.
+    assert random_lifts(protocol_matrix(board)) == [
+        "N=10: random scores +5.00 under trainable-text over frozen-text; a method scored under trainable-text "
+        "leads one scored under frozen-text by this much before either distils anything."]
+    md = matrix_markdown(board, "shapes", "tiny")
+    assert "| method | frozen-text | trainable-text |" in md
+    assert "| covmatch | 15.00 (+4.00 [+4.00, +4.00]), 38% | 16.00 (+0.00 [-1.00, +1.00] ~) |" in md
+    assert "| ceiling (full-data) | 40.00 |  |" in md
+    for r in matrix_records():
+        r.save(tmp_path)
+    paths = {p.name for p in write_leaderboards(tmp_path, plots=False)}
+    assert {"shapes__tiny.protocol-matrix.md", "protocol-matrix.csv", "published-protocol-share.md"} <= paths
+    assert (tmp_path / "leaderboard" / "shapes__tiny.protocol-matrix.md").read_text() == md
+
+
+def test_protocol_matrix_leaves_out_a_cell_of_ambiguous_settings():
+    from mmdd_bench.reports.matrix import protocol_matrix
+
+    recs = matrix_records() + [make_record("old", method="covmatch", method_version="0", metrics=metrics(30.0))]
+    matrix = protocol_matrix(leaderboard(records_frame(recs)))
+    assert ("covmatch", "frozen-text") not in set(zip(matrix["method"], matrix["protocol"], strict=True))
+    assert ("covmatch", "trainable-text") in set(zip(matrix["method"], matrix["protocol"], strict=True))
+
+
+def test_published_share_of_the_lead_that_is_protocol():
+    """The issue's figures: on Flickr30K CovMatch leads LoRS by 3.1 / 4.9 / 6.8 and random's lift is 2.9 / 4.5 / 8.5."""
+    from mmdd_bench.reports.matrix import published_protocol_share
+
+    share = published_protocol_share(published_results()).set_index(["dataset", "size"])
+    assert share.loc[("flickr30k", 100), "lead"] == 3.12 and share.loc[("flickr30k", 100), "random_lift"] == 2.87
+    assert share.loc[("flickr30k", 500), "lead"] == 6.82 and share.loc[("flickr30k", 500), "random_lift"] == 8.52
+    assert share.loc[("flickr30k", 200), "share_of_lead"] == 92.0
+    assert len(share) == 6  # both datasets at 100 / 200 / 500

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..records import RunRecord, atomic_write_text
 from .leaderboard import DETERMINISTIC_NOTE, MARKDOWN_COLUMNS, display_rows
+from .matrix import MATRIX_NOTE, matrix_tables, protocol_matrix, published_protocol_share
 from .names import group_stem
 from .published import published_results
 
@@ -34,6 +35,29 @@ def _table(part: pd.DataFrame) -> str:
     body = "".join("<tr>" + "".join(f"<td>{_escape(c)}</td>" for c in cells) + "</tr>" for cells in display_rows(part))
     note = f"<p class=\"note\">{_escape(DETERMINISTIC_NOTE)}</p>" if part["deterministic"].any() else ""
     return f"<table class=\"leaderboard\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+
+
+def _matrix_sections(board: pd.DataFrame) -> list[str]:
+    """The protocol matrices (where a dataset was scored under several protocols) and the published share."""
+    parts = []
+    matrix = protocol_matrix(board)
+    for (ds, bb), part in matrix.groupby(["dataset", "backbone"], sort=True):
+        if part["protocol"].nunique() < 2:
+            continue
+        parts.append(f"<h2>Protocol matrix: {_escape(ds)} / backbone {_escape(bb)}</h2>"
+                     f"<p class=\"note\">{_escape(MATRIX_NOTE)}</p>")
+        for size, protocols, rows in matrix_tables(board, ds, bb):
+            head = "".join(f"<th>{_escape(c)}</th>" for c in ["method", *protocols])
+            body = "".join("<tr>" + "".join(f"<td>{_escape(c)}</td>" for c in cells) + "</tr>" for cells in rows)
+            parts.append(f"<h3>N = {size}</h3><table class=\"matrix\"><thead><tr>{head}</tr></thead>"
+                         f"<tbody>{body}</tbody></table>")
+    share = published_protocol_share(published_results())
+    if len(share):
+        parts.append("<h2>Published: how much of CovMatch's lead over LoRS is protocol</h2>"
+                     "<p class=\"note\">CovMatch is scored under trainable-text, LoRS under frozen-text; random's lift "
+                     "between the two protocols (the same papers' random rows) is the part of the lead that is "
+                     "protocol.</p>" + share.to_html(index=False, na_rep="", escape=True, classes="published-share"))
+    return parts
 
 
 def missing_published(board: pd.DataFrame) -> pd.DataFrame:
@@ -63,6 +87,7 @@ def write_page(results_dir: Path, board: pd.DataFrame, galleries: dict[tuple[str
         parts.append(_table(part))
         parts.append(f"<img src=\"{_escape(stem)}__r_mean_vs_size.png\" alt=\"mean recall against size, {_escape(ds)}\">")
         parts.append(f"<img src=\"{_escape(stem)}__metrics.png\" alt=\"per-metric recall, {_escape(ds)}\">")
+    parts += _matrix_sections(board)
     if galleries:
         parts.append("<h2>Distilled sets</h2>")
         for (ds, bb, method), path in sorted(galleries.items()):

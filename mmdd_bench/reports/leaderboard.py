@@ -39,7 +39,8 @@ COLUMNS = [*LABEL, "n_seeds"] + [c for m in METRIC_NAMES for c in (m, f"{m}_std"
     "gain_vs_random", "storage_bytes", "distill_s", "settings",
     "r_mean_ci_low", "r_mean_ci_high", "gain_ci_low", "gain_ci_high", "vs_random", "deterministic", "n_pairs",
     "budget_pairs", "pairs_equal_bytes", "random_equal_bytes", "gain_equal_bytes",
-    "backbone_weights", "train_fingerprint", "test_fingerprint"]
+    "backbone_weights", "train_fingerprint", "test_fingerprint", "ceiling_r_mean", "share_of_ceiling"]
+CEILING_METHOD = "full-data"
 
 
 def settings_id(record: RunRecord) -> str:
@@ -118,10 +119,13 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     out["pairs_equal_bytes"] = [n for n, _ in equal]
     out["random_equal_bytes"] = [r for _, r in equal]
     out["gain_equal_bytes"] = out["r_mean"] - out["random_equal_bytes"]
+    out["ceiling_r_mean"] = ceilings(out)
+    out["share_of_ceiling"] = 100 * out["r_mean"] / out["ceiling_r_mean"]
     out = out.sort_values(["dataset", "backbone", "protocol", "size", "r_mean"],
                           ascending=[True, True, True, True, False]).reset_index(drop=True)
     rounded = [c for c in COLUMNS if c in METRIC_NAMES or c.endswith(("_std", "_ci_low", "_ci_high"))
-               or c in ("gain_vs_random", "distill_s", "random_equal_bytes", "gain_equal_bytes")]
+               or c in ("gain_vs_random", "distill_s", "random_equal_bytes", "gain_equal_bytes", "ceiling_r_mean",
+                        "share_of_ceiling")]
     out[rounded] = out[rounded].astype(float).round(2)
     return out[COLUMNS]
 
@@ -146,6 +150,19 @@ def random_baselines(board: pd.DataFrame, per_seed: list[dict[int, float]]) -> l
         found = table.get(key, [])
         baselines.append(found[0] if len(found) == 1 else None)
     return baselines
+
+
+def ceilings(board: pd.DataFrame) -> list[float]:
+    """For each row: the ``full-data`` ceiling's r_mean under the same protocol, backbone weights and splits (its
+    own student epochs, whatever the row's evaluation overrides). NaN when no ceiling was run, or when several
+    ceilings with different settings would qualify (records from different code versions)."""
+    base = [c for c in BASE if c not in ("size", "eval_variant")]
+    ceiling_rows = board[(board["method"] == CEILING_METHOD) & (board["variant"] == "")]
+    table: dict[tuple, list[float]] = {}
+    for key, value in zip(ceiling_rows[base].itertuples(index=False, name=None), ceiling_rows["r_mean"], strict=True):
+        table.setdefault(key, []).append(float(value))
+    found = [table.get(key, []) for key in board[base].itertuples(index=False, name=None)]
+    return [values[0] if len(values) == 1 else math.nan for values in found]
 
 
 def equal_bytes(board: pd.DataFrame) -> list[tuple[float, float]]:
@@ -208,7 +225,7 @@ DETERMINISTIC_NOTE = (f"{DETERMINISTIC_MARK} deterministic method: every seed se
                       "is the students' alone, not the subset's.")
 MARKDOWN_COLUMNS = ["method", "variant", "eval_variant", "size", "n_seeds", "i2t_R@1", "i2t_R@5", "i2t_R@10",
                     "t2i_R@1", "t2i_R@5", "t2i_R@10", "r_mean", "r_mean 95% CI", "gain_vs_random [95% CI]", "vs_random",
-                    "KiB", "gain at equal bytes (random pairs)"]
+                    "KiB", "gain at equal bytes (random pairs)", "% of ceiling"]
 
 
 def display_rows(board: pd.DataFrame) -> list[list[str]]:
@@ -223,7 +240,8 @@ def display_rows(board: pd.DataFrame) -> list[list[str]]:
                   gain_cell(row["gain_vs_random"], row["gain_ci_low"], row["gain_ci_high"]), row["vs_random"],
                   _number(row["storage_bytes"] / 1024, "{:.0f}") if row["storage_bytes"] else "",
                   "" if math.isnan(row["gain_equal_bytes"]) else
-                  f"{row['gain_equal_bytes']:+.2f} ({row['pairs_equal_bytes']:.0f})"]
+                  f"{row['gain_equal_bytes']:+.2f} ({row['pairs_equal_bytes']:.0f})",
+                  _number(row["share_of_ceiling"], "{:.0f}%")]
         rows.append(cells)
     return rows
 
@@ -247,5 +265,5 @@ def published_markdown(published: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["BASE", "COLUMNS", "KEY", "LABEL", "NEAR_RANDOM", "display_rows", "label_clashes", "leaderboard",
+__all__ = ["BASE", "CEILING_METHOD", "COLUMNS", "ceilings", "KEY", "LABEL", "NEAR_RANDOM", "display_rows", "label_clashes", "leaderboard",
            "one_record_per_seed", "published_markdown", "records_frame", "settings_id", "to_markdown"]

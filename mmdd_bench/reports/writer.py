@@ -9,8 +9,9 @@ from pathlib import Path
 from ..errors import MMDDError
 from ..records import RunRecord, atomic_write_text, read_records
 from .leaderboard import leaderboard, published_markdown, records_frame, to_markdown
+from .matrix import matrix_markdown, protocol_matrix, published_share_markdown
 from .names import confined, group_stem
-from .published import published_for
+from .published import published_for, published_results
 
 
 def write_leaderboards(results_dir: Path, plots: bool = True, records: list[RunRecord] | None = None) -> list[Path]:
@@ -38,6 +39,24 @@ def write_leaderboards(results_dir: Path, plots: bool = True, records: list[RunR
             methods_per_size = part.groupby("size")["method"].nunique()
             compared = methods_per_size[methods_per_size == methods_per_size.max()].index.max()  # most methods
             written += metric_bars(part, int(compared), f"{ds} / {bb} / {proto}", confined(out_dir, f"{stem}__metrics"))
+    written += write_protocol_matrices(out_dir, board)
+    return written
+
+
+def write_protocol_matrices(out_dir: Path, board) -> list[Path]:
+    """``protocol-matrix.csv`` (every cell), per (dataset, backbone) that was scored under several protocols a
+    Markdown matrix (``<dataset>__<backbone>.protocol-matrix.md``: two parts, so never a leaderboard's name), and
+    ``published-protocol-share.md`` from the papers' own numbers."""
+    matrix = protocol_matrix(board)
+    written = [confined(out_dir, "protocol-matrix.csv"), confined(out_dir, "published-protocol-share.md")]
+    atomic_write_text(written[0], matrix.to_csv(index=False))
+    atomic_write_text(written[1], published_share_markdown(published_results()))
+    for (ds, bb), part in matrix.groupby(["dataset", "backbone"], sort=True):
+        if part["protocol"].nunique() < 2:
+            continue
+        path = confined(out_dir, f"{group_stem(ds, bb)}.protocol-matrix.md")
+        atomic_write_text(path, matrix_markdown(board, ds, bb))
+        written.append(path)
     return written
 
 
