@@ -2,7 +2,7 @@
 kernels beside it. Writes ``benchmarks/results/<preset>.json`` and regenerates ``BENCHMARKS.md``.
 
     python benchmarks/end_to_end.py --preset cpu     # tiny + paper architecture at 64 px (< 15 min, 2 cores)
-    python benchmarks/end_to_end.py --preset gpu     # paper architecture at 224 px, N=100/500 (one GPU, < 8 min)
+    python benchmarks/end_to_end.py --preset gpu     # paper architecture at 224 px on Flickr-like JPEGs, N=100/500 (one GPU)
     python benchmarks/end_to_end.py --preset smoke   # seconds: what the test suite runs
 
 Equal settings: same backbone, resolution, N and synthetic batch (all of S up to 200 pairs, else 256), real
@@ -51,23 +51,39 @@ class Case:
 
 
 PRESETS = {
-    "smoke": [Case("tiny-smoke", "tiny", 32, "shapes-mini", 8, 2, ("channels_last=true",))],
+    "smoke": [Case("tiny-smoke", "tiny", 32, "flickr-like:24", 8, 2, ("channels_last=true",))],
     "cpu": [Case("tiny-N100", "tiny", 32, "shapes", 100, 6,
                  ("amp=bf16", "channels_last=true", "compile=true")),
             Case("paper-64px-N50", "paper", 64, "shapes-mini", 50, 3)],
-    "gpu": [Case("paper-224px-N100", "paper", 224, "shapes", 100, 8,
+    "gpu": [Case("paper-224px-N100", "paper", 224, "flickr-like:2000", 100, 8,
                  ("amp=bf16", "channels_last=true", "amp=bf16,channels_last=true",
                   "amp=bf16,channels_last=true,compile=true")),
-            Case("paper-224px-N500", "paper", 224, "shapes", 500, 5)],
+            Case("paper-224px-N500", "paper", 224, "flickr-like:2000", 500, 5)],
 }
 
 
-def _context(case: Case, cache: Path, device: torch.device):
+FLICKR_LIKE = "flickr-like:"
+
+
+def bench_dataset(name: str, cache: Path):
+    """A dataset by name, or ``flickr-like:N``: a Flickr30K-format folder of N photo-like JPEGs at Flickr's sizes
+    (five captions each; ``mmdd_bench.data.photos``), loaded by the real Flickr30K loader with the papers'
+    augmentation, so the real-data path (decode, originals store, augmentation) is what gets measured."""
     from mmdd_bench.data import load_dataset
+    from mmdd_bench.data.photos import write_flickr_like
+
+    if name.startswith(FLICKR_LIKE):
+        n = int(name.removeprefix(FLICKR_LIKE))
+        folder = write_flickr_like(cache / "bench-data" / f"flickr-like-{n}", n, max(8, n // 20), max(8, n // 10))
+        return load_dataset("flickr30k", folder.parent, cache)
+    return load_dataset(name, None, cache)
+
+
+def _context(case: Case, cache: Path, device: torch.device):
     from mmdd_bench.encoders import build_backbone
     from mmdd_bench.method import DistillContext
 
-    ds = load_dataset(case.dataset, None, cache)
+    ds = bench_dataset(case.dataset, cache)
     pretrained = case.backbone == "tiny"
     bb = build_backbone(case.backbone, cache, pretrained=pretrained, image_size=case.image_size).to(device)
     return DistillContext(ds, bb, case.size, 0, device, cache)

@@ -45,21 +45,7 @@ def tiny(cache_dir):
     return build_backbone("tiny", cache_dir)
 
 
-# (width, height) of most Flickr30K photos: landscape, portrait, 3:2 both ways.
-FLICKR_SIZES = [(500, 375), (375, 500), (500, 333), (333, 500)]
-
-
-def photo(width: int, height: int, seed: int) -> np.ndarray:
-    """uint8 [height, width, 3] with photo-like content: smooth colour fields, a few discs, sensor noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    image = np.stack([120 + 90 * np.sin(x / rng.uniform(20, 60) + rng.uniform(0, 6)),
-                      120 + 80 * np.cos(y / rng.uniform(20, 60) + rng.uniform(0, 6)),
-                      60 + 140 * (x + y) / (width + height)], axis=-1)
-    for _ in range(4):
-        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(20, 90)
-        image[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
-    return np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+from mmdd_bench.data.photos import FLICKR_SIZES, photo  # noqa: E402, F401 - shared with the tests
 
 
 def write_flickr(root: Path, image_folder: str = "flickr30k-images", n_train: int = 4, n_test: int = 3,

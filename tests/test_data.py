@@ -115,3 +115,20 @@ def test_shapes_is_deterministic_and_karpathy_formatted(mini, cache_dir):
 def test_unknown_dataset_suggests(cache_dir):
     with pytest.raises(UsageError, match="unknown dataset 'flicker'"):
         load_dataset("flicker", None, cache_dir)
+
+
+def test_flickr_like_folders_load_as_flickr30k_deterministically(tmp_path, cache_dir):
+    """The benchmarks' stand-in for Flickr30K: its loader reads it, five captions per image, Flickr's sizes."""
+    from PIL import Image
+
+    from mmdd_bench.data import load_dataset
+    from mmdd_bench.data.photos import FLICKR_SIZES, write_flickr_like
+
+    a = write_flickr_like(tmp_path / "a", n_train=6, n_val=2, n_test=3)
+    b = write_flickr_like(tmp_path / "b", n_train=6, n_val=2, n_test=3)
+    assert [p.read_bytes() for p in sorted(a.rglob("*.j*"))] == [p.read_bytes() for p in sorted(b.rglob("*.j*"))]
+    assert write_flickr_like(tmp_path / "a", 99, 99, 99) == a  # made once: an existing folder is reused
+    ds = load_dataset("flickr30k", tmp_path / "a", cache_dir)
+    assert ds.train.n_pairs == 30 and len(ds.test.image_paths) == 3 and len(ds.val.image_paths) == 2
+    assert {Image.open(p).size for p in ds.test.image_paths} <= set(FLICKR_SIZES)
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".flickr-like-")]  # no leftovers
