@@ -39,3 +39,28 @@ def test_end_to_end_smoke_preset_writes_json_and_markdown(tmp_path, cache_dir):
     text = md.read_text()
     assert "## Preset `cpu`" in text and "| tiny-smoke | covmatch |" in text and "MTT-VL / CovMatch time" in text
     assert "| tiny-smoke | `channels_last=true` |" in text and "harness / model" in text
+
+
+def test_efficiency_counts_positive_flops_and_writes_its_section(tmp_path, cache_dir):
+    """FLOPs per iteration and per student epoch are differences of counted runs after a warm-up: positive,
+    and the Markdown section replaces itself (rerunning never appends a second copy)."""
+    results, md = tmp_path / "results", tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n## Preset `cpu`\n\nkept\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "efficiency.py"), "--dataset", "shapes-mini", "--size", "8",
+           "--methods", "covmatch", "--students", "2", "--epochs", "1", "--cache-dir", str(cache_dir),
+           "--results", str(results), "--markdown", str(md), "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((results / "efficiency-cpu.json").read_text())
+    assert report["peak_flop_per_s"] > 0
+    for row in report["methods"].values():
+        assert row["flops_per_iteration"] > 0 and row["s_per_iteration"] > 0
+    for name in ("trainable-text", "frozen-text", "frozen-encoders"):
+        assert report["protocols"][name]["flops_per_student_epoch"] > 0
+    assert report["protocols"]["frozen-text"]["together_s"] > 0  # heads over fixed features: vmappable
+    assert report["protocols"]["trainable-text"]["together_s"] is None  # the text encoder trains: sequential
+    subprocess.run([*cmd[:2], "--from-json", str(results / "efficiency-cpu.json"), "--markdown", str(md)],
+                   check=True, env=env)
+    text = md.read_text()
+    assert text.count("## Efficiency") == 1 and "kept" in text and "| covmatch |" in text
