@@ -40,6 +40,10 @@ def test_records_with_different_settings_never_merge_and_baselines_stay_honest(t
     assert sorted(cov["r_mean"]) == [20.0, 30.0] and cov["settings"].nunique() == 2 and set(cov["n_seeds"]) == {2}
     assert sorted(cov["gain_vs_random"]) == [10.0, 20.0]
     assert board[board["method"] == "mtt-vl"]["gain_vs_random"].iloc[0] == 2.0  # vs random's default eval
+    no_sim = [make_record(f"l{s}", seed=s, method="lors", eval_variant="use_learned_similarity=False",
+                          metrics=metrics(11.0)) for s in range(2)]
+    lors = leaderboard(records_frame(recs + no_sim)).set_index("method").loc["lors"]
+    assert lors["gain_vs_random"] == 1.0  # random carries no similarity either: its default evaluation
     md = to_markdown(board)
     assert md.count("[settings ") == 2 and "| random |  |" in md  # only the clashing label is disambiguated
     for r in recs:

@@ -30,9 +30,9 @@ KEY = [*LABEL[:-1], "settings", "backbone_weights", "train_fingerprint", "test_f
 # Rows compared with random at the same size: the same evaluation and data, random at its defaults.
 BASE = ["dataset", "backbone", "backbone_weights", "train_fingerprint", "test_fingerprint", "protocol",
         "protocol_version", "eval_variant", "size"]
-# Evaluation overrides that cannot change how random's sets are scored (random carries no learned lrs), so
-# rows made with only these compare with random's default evaluation.
-NEUTRAL_FOR_RANDOM = {"use_learned_lrs"}
+# Evaluation overrides that cannot change how random's sets are scored (random carries no learned lrs and no
+# learned similarity), so rows made with only these compare with random's default evaluation.
+NEUTRAL_FOR_RANDOM = {"use_learned_lrs", "use_learned_similarity"}
 NEAR_RANDOM = "~ random"
 
 COLUMNS = [*LABEL, "n_seeds"] + [c for m in METRIC_NAMES for c in (m, f"{m}_std")] + [
