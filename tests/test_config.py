@@ -163,7 +163,9 @@ def test_the_ablation_preset_plans_its_variants_beside_the_table_2_cell(cache_di
 def test_the_embedded_preset_is_the_reproduce_script(cache_dir, tmp_path):
     script = (CONFIGS.parent / "scripts" / "reproduce_embedded.sh").read_text()
     file = load_experiment(CONFIGS / "shapes-embedded.yaml")
-    assert len(file.runs) == script.count("mmdd-bench run ")
+    assert script.count("mmdd-bench run ") == 1 and "--config configs/shapes-embedded.yaml" in script
+    assert {m for run in file.runs for m in run.methods} >= {"random", "herding", "k-center", "forgetting", "covmatch",
+                                                            "mtt-vl", "tesla-vl", "lors", "full-data"}
     dry = main(["run", "--config", str(CONFIGS / "shapes-embedded.yaml"), "--dry-run", "--json", "--results",
                 str(tmp_path), "--cache-dir", str(cache_dir)])
     assert dry == 0
