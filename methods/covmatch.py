@@ -31,14 +31,7 @@ import numpy as np
 import torch
 
 from mmdd_bench.accel import AMP_MODES, accelerate_image_encoder, autocast, check_compile, image_layout
-from mmdd_bench.checkpoint import (
-    load_checkpoint,
-    momentum_tensors,
-    restore_momentum,
-    restore_rng,
-    rng_tensors,
-    save_checkpoint,
-)
+from mmdd_bench.checkpoint import resume_loop_state, save_loop_state
 from mmdd_bench.data.real_batches import RealBatches
 from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.encoders.heads import contrastive_loss
@@ -180,23 +173,13 @@ class CovMatch(Method):
         first = 0
         # Checkpoints fall on online-model resets, so the model itself never needs saving.
         every = -(-params.checkpoint_every // params.reset_every) * params.reset_every if params.checkpoint_every else 0
-        resumed = load_checkpoint(ctx.checkpoint_dir) if every else None
-        if resumed is not None:
-            tensors, state = resumed
-            with torch.no_grad():
-                syn_images.copy_(tensors["syn_images"].to(dev))
-                syn_text.copy_(tensors["syn_text"].to(dev))
-            restore_momentum(tensors, momentum, dev)
-            restore_rng(tensors, gen, dev)
-            rng.bit_generator.state = state["numpy_rng"]
-            first, losses = state["iteration"], state["losses"]
+        learned = {"syn_images": syn_images, "syn_text": syn_text}
+        if every:
+            first, losses = resume_loop_state(ctx.checkpoint_dir, learned, momentum, gen, rng, dev)
         timer, finite = IterationTimer(dev), FiniteCheck(dev)
         for it in range(first, params.iterations):
             if every and ctx.checkpoint_dir is not None and it > first and it % every == 0:
-                save_checkpoint(ctx.checkpoint_dir, {
-                    "syn_images": syn_images, "syn_text": syn_text,
-                    **momentum_tensors(momentum), **rng_tensors(gen, dev),
-                }, {"iteration": it, "losses": losses, "numpy_rng": rng.bit_generator.state})
+                save_loop_state(ctx.checkpoint_dir, learned, momentum, gen, rng, dev, it, losses)
             with timer.part("reset"):
                 if it % params.reset_every == 0:
                     # The frozen-text ablation's online model is the frozen-text protocol's: no image head.

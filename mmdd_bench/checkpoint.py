@@ -105,3 +105,30 @@ def restore_momentum(tensors: dict[str, torch.Tensor], buffers: dict[str, tuple[
     for name, (opt, param) in buffers.items():
         if f"momentum.{name}" in tensors:
             opt.state[param]["momentum_buffer"] = tensors[f"momentum.{name}"].to(device)
+
+
+Buffers = dict[str, tuple[torch.optim.Optimizer, torch.Tensor]]
+
+
+def save_loop_state(folder: Path, learned: dict[str, torch.Tensor], momentum: Buffers, generator: torch.Generator,
+                    rng, device: torch.device, iteration: int, losses: list[float]) -> None:
+    """What a distillation loop needs to resume exactly: its learned tensors, their momentum buffers, both
+    random generators, the iteration and the loss log (the methods' shared checkpoint layout)."""
+    save_checkpoint(folder, {**learned, **momentum_tensors(momentum), **rng_tensors(generator, device)},
+                    {"iteration": iteration, "losses": losses, "numpy_rng": rng.bit_generator.state})
+
+
+def resume_loop_state(folder: Path | None, learned: dict[str, torch.Tensor], momentum: Buffers,
+                      generator: torch.Generator, rng, device: torch.device) -> tuple[int, list[float]]:
+    """Restore what ``save_loop_state`` wrote, in place; (first iteration, loss log), or (0, []) without one."""
+    resumed = load_checkpoint(folder)
+    if resumed is None:
+        return 0, []
+    tensors, state = resumed
+    with torch.no_grad():
+        for name, t in learned.items():
+            t.copy_(tensors[name].to(device))
+    restore_momentum(tensors, momentum, device)
+    restore_rng(tensors, generator, device)
+    rng.bit_generator.state = state["numpy_rng"]
+    return state["iteration"], state["losses"]

@@ -17,14 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from mmdd_bench.checkpoint import (
-    load_checkpoint,
-    momentum_tensors,
-    restore_momentum,
-    restore_rng,
-    rng_tensors,
-    save_checkpoint,
-)
+from mmdd_bench.checkpoint import resume_loop_state, save_loop_state
 from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.encoders.losses import LOSS_KINDS
 from mmdd_bench.errors import UsageError
@@ -217,24 +210,13 @@ class TeslaMatching(Method):
         model.text_encoder.eval()
         scale = math.log(1 / params.temperature)
         batch_target = sim.batch if sim is not None else None
-        losses: list[float] = []
-        first = 0
-        resumed = load_checkpoint(ctx.checkpoint_dir) if params.checkpoint_every else None
-        if resumed is not None:
-            tensors, state = resumed
-            with torch.no_grad():
-                for name, t in learned.items():
-                    t.copy_(tensors[name].to(dev))
-            restore_momentum(tensors, momentum, dev)
-            restore_rng(tensors, gen, dev)
-            rng.bit_generator.state = state["numpy_rng"]
-            first, losses = state["iteration"], state["losses"]
+        first, losses = (resume_loop_state(ctx.checkpoint_dir, learned, momentum, gen, rng, dev)
+                         if params.checkpoint_every else (0, []))
         snapshot = SnapshotCache(store, params.num_experts, dev)
         timer, finite = IterationTimer(dev), FiniteCheck(dev)
         for it in range(first, params.iterations):
             if params.checkpoint_every and ctx.checkpoint_dir is not None and it > first and it % params.checkpoint_every == 0:
-                save_checkpoint(ctx.checkpoint_dir, {**learned, **momentum_tensors(momentum), **rng_tensors(gen, dev)},
-                                {"iteration": it, "losses": losses, "numpy_rng": rng.bit_generator.state})
+                save_loop_state(ctx.checkpoint_dir, learned, momentum, gen, rng, dev, it, losses)
             expert, start_epoch = sample_start(rng, params.num_experts, params.max_start_epoch)
             with timer.part("data"):
                 start = snapshot(expert, start_epoch)
