@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -6,10 +8,11 @@ from mmdd_bench.errors import UsageError, WeightsError
 
 
 def test_tiny_backbone_ships_its_pinned_image_encoder(tiny, cache_dir):
-    from mmdd_bench.encoders.tiny import PACKAGED_SHA256
+    from mmdd_bench.encoders.tiny import IMAGE_TOWERS
 
     assert tiny.image_size == 32 and tiny.image_dim == 256 and tiny.text_dim == 384
-    assert "all-MiniLM-L6-v2" in tiny.weights_id and PACKAGED_SHA256[:12] in tiny.weights_id
+    assert "all-MiniLM-L6-v2" in tiny.weights_id and IMAGE_TOWERS["tiny"].packaged_sha256[:12] in tiny.weights_id
+    assert IMAGE_TOWERS["tiny"].packaged_sha256.startswith("1e9ef81ec8de")  # the committed results' encoder
     again = build_backbone("tiny", cache_dir)
     assert again.weights_id == tiny.weights_id
     for k, v in again.image_encoder.state_dict().items():
@@ -19,7 +22,9 @@ def test_tiny_backbone_ships_its_pinned_image_encoder(tiny, cache_dir):
 def test_tampered_packaged_weights_are_refused(monkeypatch, tmp_path):
     import mmdd_bench.encoders.tiny as tiny_module
 
-    monkeypatch.setattr(tiny_module, "PACKAGED_SHA256", "0" * 64)
+    towers = dict(tiny_module.IMAGE_TOWERS)
+    towers["tiny"] = dataclasses.replace(towers["tiny"], packaged_sha256="0" * 64)
+    monkeypatch.setattr(tiny_module, "IMAGE_TOWERS", towers)
     with pytest.raises(WeightsError, match="do not match their pinned sha256"):
         tiny_module.packaged_image_encoder()
 
@@ -29,8 +34,8 @@ def test_pretraining_fallback_repairs_a_corrupt_cached_file(monkeypatch, tmp_pat
     aside, named in a warning, and pretrained again (pretraining is replaced by a quick stand-in here)."""
     import mmdd_bench.encoders.tiny as tiny_module
 
-    monkeypatch.setattr(tiny_module, "_pretrain", lambda seed, progress=None: {k: v.contiguous() for k, v in
-                                                                tiny_module.TinyConvNet().state_dict().items()})
+    monkeypatch.setattr(tiny_module, "_pretrain", lambda tower, seed, progress=None: {
+        k: v.contiguous() for k, v in tower.architecture().state_dict().items()})
     monkeypatch.setenv("MMDD_BENCH_TINY_PRETRAIN", "1")
     bb = build_backbone("tiny", tmp_path)
     (cached,) = (tmp_path / "weights").glob("tiny-convnet-*.safetensors")

@@ -1,17 +1,17 @@
-"""Backbones by name: ``paper``, ``tiny`` and ``clip-<open_clip model>[@tag]``, created lazily."""
+"""Backbones by name: ``paper``, ``tiny``, ``tiny-vit`` and ``clip-<open_clip model>[@tag]``, created lazily."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UsageError
 from ..progress import ProgressFn
 from .backbone import Backbone
-from .identity import BackboneSpec, describe_backbone
+from .identity import TINY_FAMILY, BackboneSpec, describe_backbone, unknown_backbone
 
 BACKBONE_NAMES = {
     "paper": "nfnet_l0 (timm, ImageNet) + bert-base-uncased; the papers' setting (GPU)",
     "tiny": "small CNN pretrained on shapes attributes + 1-layer all-MiniLM-L6-v2; runs on 2 CPU cores",
+    "tiny-vit": "small ViT pretrained like tiny's CNN + tiny's very text tower (sets transfer between the two); 2 CPU cores",
     "clip-<model>[@tag]": "an open_clip model's image and text towers, e.g. clip-ViT-B-32@openai",
 }
 
@@ -20,10 +20,10 @@ def build_backbone(name: str, cache_dir: Path, *, pretrained: bool = True, image
                    progress: ProgressFn | None = None) -> Backbone:
     """``pretrained=False`` builds the architecture with random weights (tests, cost benchmarks only);
     ``progress`` hears about long preparations (the tiny encoder's pretraining, where it happens here)."""
-    if name == "tiny":
+    if name in TINY_FAMILY:
         from .tiny import build_tiny
 
-        return build_tiny(cache_dir, pretrained=pretrained, progress=progress)
+        return build_tiny(cache_dir, pretrained=pretrained, progress=progress, backbone=name)
     if name == "paper":
         from .paper import build_paper
 
@@ -32,7 +32,7 @@ def build_backbone(name: str, cache_dir: Path, *, pretrained: bool = True, image
         from .clip import build_clip
 
         return build_clip(name, cache_dir)
-    raise UsageError(f"unknown backbone {name!r}; choose one of: paper, tiny, clip-<open_clip model>[@tag].")
+    raise unknown_backbone(name)
 
 
 __all__ = ["BACKBONE_NAMES", "Backbone", "BackboneSpec", "build_backbone", "describe_backbone"]

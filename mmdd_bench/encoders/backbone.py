@@ -15,6 +15,7 @@ from torch import nn
 
 from .heads import DualEncoder, ProjectionHead
 from .text import TextEncoder
+from .towers import text_tower_of
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -51,7 +52,13 @@ class Backbone:
 
     @property
     def text_encoder_id(self) -> str:
+        """Names the image and text weights both (what distilled embeddings record as ``encoder_id``)."""
         return f"{self.name}:{self.weights_id}"
+
+    @property
+    def text_tower_id(self) -> str:
+        """The text tower alone (``towers.py``): sets whose text lives in it can be scored with this backbone."""
+        return text_tower_of(self.name, self.weights_id)
 
     def tokenize(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokenizer(list(captions))

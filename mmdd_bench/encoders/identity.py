@@ -19,10 +19,12 @@ from filelock import FileLock
 
 from ..errors import UsageError, WeightsError
 from ..progress import ProgressFn
+from .towers import text_tower_of
 
 BERT_NAME = "bert-base-uncased"
 NFNET_NAME = "nfnet_l0"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what transformers and timm load, in their order
+TINY_FAMILY = ("tiny", "tiny-vit")  # the embedded backbones (encoders/tiny.py): one text tower, two image encoders
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class BackboneSpec:
     @property
     def text_encoder_id(self) -> str:
         return f"{self.name}:{self.weights_id}"
+
+    @property
+    def text_tower_id(self) -> str:
+        return text_tower_of(self.name, self.weights_id)
 
 
 def file_digest(path: Path, cache_dir: Path) -> str:
@@ -116,18 +122,23 @@ def paper_weights_id(cache_dir: Path) -> str:
 def describe_backbone(name: str, cache_dir: Path, pretrained: bool = True,
                       progress: ProgressFn | None = None) -> BackboneSpec:
     """What the planner needs of a backbone, without building it."""
-    if name == "tiny":
+    if name in TINY_FAMILY:
         from .tiny import IMAGE_SIZE, tiny_weights_id
 
-        weights = tiny_weights_id(cache_dir, progress) if pretrained else "random"
-        return BackboneSpec("tiny", weights, IMAGE_SIZE, 0.01, 0.1)
+        weights = tiny_weights_id(cache_dir, progress, backbone=name) if pretrained else "random"
+        return BackboneSpec(name, weights, IMAGE_SIZE, 0.01, 0.1)
     if name == "paper":
         return BackboneSpec("paper", paper_weights_id(cache_dir) if pretrained else "random", 224, 0.01, 0.1)
     if name.startswith("clip-"):
         from .clip import describe_clip
 
         return describe_clip(name)
-    raise UsageError(f"unknown backbone {name!r}; choose one of: paper, tiny, clip-<open_clip model>[@tag].")
+    raise unknown_backbone(name)
 
 
-__all__ = ["BackboneSpec", "describe_backbone", "file_digest", "paper_weights_id"]
+def unknown_backbone(name: str) -> UsageError:
+    return UsageError(f"unknown backbone {name!r}; choose one of: paper, {', '.join(TINY_FAMILY)}, "
+                      "clip-<open_clip model>[@tag].")
+
+
+__all__ = ["TINY_FAMILY", "BackboneSpec", "describe_backbone", "file_digest", "paper_weights_id", "unknown_backbone"]
