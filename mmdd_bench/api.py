@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .distilled import DistilledSet
-from .errors import UsageError
+from .encoders import BackboneSpec
+from .errors import MMDDError, UsageError
 from .memory import PeakMemory
 from .method import METHODS, get_method
 from .params import apply_overrides, check_ranges, identity_dict, unset_fields
@@ -27,6 +28,7 @@ from .records import RecordSpec, RunRecord, build_record, canonical_id, utc_now
 from .resources import Resources, resolve_device
 from .runner import Runner, RunSummary
 from .store import ResultsStore
+from .transfer import transfer_source
 
 
 def run(config: RunConfig, *, log: Callable[[str], None] = lambda s: None, progress: ProgressFn | None = None,
@@ -67,12 +69,37 @@ def _method_variant(meta: dict, dataset: str, backbone: Any) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(params.items()) if defaults.get(k) != v)
 
 
+def _source_spec(resources: Resources, source: str | None) -> BackboneSpec | None:
+    """The source backbone's identity and defaults, which a transferred set's method parameters were resolved
+    against; None when there is no source or it cannot be described here (its weights are elsewhere)."""
+    if source is None:
+        return None
+    try:
+        return resources.spec(source)
+    except MMDDError:
+        return None
+
+
+def _transfer_notes(distilled: DistilledSet, source: str | None, backbone: str, learned_lrs: bool) -> list[str]:
+    """What a transfer record says about itself; ``learned_lrs``: the protocol trains with a set's learned lrs."""
+    if source is None:
+        return []
+    notes = [f"transfer: distilled with backbone {source!r}, scored with {backbone!r}"]
+    if learned_lrs and {"lr_image", "lr_text"} <= distilled.extras.keys():
+        notes.append(f"the set's learned step sizes were learned for {source!r}'s image encoder; "
+                     "--set eval.use_learned_lrs=false scores it with the protocol's lrs")
+    return notes
+
+
 def evaluate_artifact(artifact: Path, *, results_dir: Path, cache_dir: Path, data_root: str | None = None,
                       dataset: str | None = None, protocol: str | None = None, backbone: str | None = None,
                       seed: int | None = None, overrides: dict[str, Any] | None = None, device: str = "auto",
-                      progress: ProgressFn | None = None) -> RunRecord:
+                      progress: ProgressFn | None = None, skip_done: bool = False) -> RunRecord:
     """Score a saved set (possibly distilled elsewhere) and record it like a harness cell, so it sits in the
-    same leaderboard row as the cell it came from (one record per seed there, the newest)."""
+    same leaderboard row as the cell it came from (one record per seed there, the newest). With ``backbone``
+    another than the set's own, a transfer evaluation: its record names the set's backbone
+    (``distilled_backbone``) and it has a leaderboard row of its own. ``skip_done``: return the evaluation's
+    ok record when there is one instead of scoring again (what a resumable script wants)."""
     store = ResultsStore(results_dir)
     distilled = DistilledSet.load(artifact)
     meta = distilled.meta
@@ -100,8 +127,12 @@ def evaluate_artifact(artifact: Path, *, results_dir: Path, cache_dir: Path, dat
     derived = unset_fields(raw, proto.default_params(dataset))
     seed = int(meta.get("seed", 0)) if seed is None else seed
     content_id = artifact_content_id(artifact, distilled)
+    source, source_weights = transfer_source(distilled, bb.name, bb.weights_id)
+    # A transfer's identity names its source too (a random subset is the same pairs whichever backbone drew it);
+    # evaluations with the set's own backbone keep the identity they always had.
+    transfer = {"distilled_backbone": source, "distilled_backbone_weights": source_weights} if source else {}
     identity = evaluation_identity({"artifact": content_id, "dataset": dataset, "train": ds.train.fingerprint,
-                                    "backbone": bb.name, "backbone_weights": bb.weights_id, "seed": seed},
+                                    "backbone": bb.name, "backbone_weights": bb.weights_id, "seed": seed, **transfer},
                                    ds, proto, params)
     size = meta.get("size") if isinstance(meta.get("size"), int) else distilled.budget_pairs
     spec = RecordSpec(
@@ -110,16 +141,22 @@ def evaluate_artifact(artifact: Path, *, results_dir: Path, cache_dir: Path, dat
         method_params=meta.get("method_params", {}) if isinstance(meta.get("method_params"), dict) else {},
         size=size, seed=seed, backbone=bb.name, backbone_weights=bb.weights_id, protocol=protocol,
         protocol_version=proto.version, protocol_params=proto.identity(params),
-        variant=_method_variant(meta, dataset, bb), eval_variant=proto.variant(params, defaults, derived),
+        variant=_method_variant(meta, dataset, _source_spec(resources, source) or bb),
+        eval_variant=proto.variant(params, defaults, derived),
         eval_seeds=student_seeds(seed, params.n_students), deterministic=bool(meta.get("deterministic", False)),
-        source="eval", artifact=str(artifact))
+        source="eval", artifact=str(artifact), distilled_backbone=source, distilled_backbone_weights=source_weights)
+    learned_lrs = params.use_learned_lrs and "use_learned_lrs" not in proto.inactive_params
+    notes = [f"evaluated from {artifact}"] + _transfer_notes(distilled, source, bb.name, learned_lrs)
+    done = store.record_state(spec.run_id)
+    if skip_done and done.state == "ok" and done.record is not None:
+        return done.record
     dev = resolve_device(device)
     started = utc_now()
     with PeakMemory(dev) as pm:
         result = proto.evaluate(distilled, ds, bb, params, seed, dev, Path(cache_dir), progress)
     rec = build_record(spec, status="ok", started=started, device=str(dev), result=result, distilled=distilled,
                        timings=meta.get("timings", {}) if isinstance(meta.get("timings"), dict) else {},
-                       memory={f"eval_{k}": v for k, v in pm.result().items()}, notes=[f"evaluated from {artifact}"])
+                       memory={f"eval_{k}": v for k, v in pm.result().items()}, notes=notes)
     store.write_record(rec)
     return rec
 

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--datasets", type=_csv(), default=None, help="default: shapes")
         p.add_argument("--sizes", type=_csv(int), default=None, help="default: 50,100")
         p.add_argument("--seeds", type=_csv(int), default=None, help="default: 0")
-        p.add_argument("--backbone", default=None, help="paper | tiny | clip-<model>[@tag] (default: per dataset)")
+        p.add_argument("--backbone", default=None, help="paper | tiny | tiny-vit | clip-<model>[@tag] (default: per dataset)")
         p.add_argument("--protocol", type=_csv(), default=None,
                        help="auto (each method's own; the default) | all (every protocol that reads the set) | "
                             "trainable-text | frozen-text | frozen-text-mtt | frozen-encoders, comma-separated")
@@ -135,9 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("artifact", type=Path)
     ev.add_argument("--dataset", default=None, help="default: the dataset the set was distilled from")
     ev.add_argument("--protocol", default=None, help="default: the method's own protocol")
-    ev.add_argument("--backbone", default=None, help="default: the backbone the set was distilled with")
+    ev.add_argument("--backbone", default=None,
+                    help="default: the backbone the set was distilled with; another one scores a transfer (its text "
+                         "must be captions or live in that backbone's text tower, e.g. tiny <-> tiny-vit)")
     ev.add_argument("--seed", type=int, default=None, help="default: the seed the set was distilled with")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="eval.NAME=VALUE")
+    ev.add_argument("--skip-done", action="store_true",
+                    help="do nothing when this evaluation already has an ok record (scripts that resume)")
 
     show = sub.add_parser("show", help="render a distilled set as an image grid with decoded captions (PNG)")
     show.add_argument("artifact", type=Path)
@@ -450,8 +454,9 @@ def cmd_eval(args) -> int:
         rec = api.evaluate_artifact(args.artifact, results_dir=args.results, cache_dir=args.cache_dir,
                                     data_root=args.data_root, dataset=args.dataset, protocol=args.protocol,
                                     backbone=args.backbone, seed=args.seed, overrides=overrides.get("eval", {}),
-                                    device=args.device or "auto", progress=progress)
-    print(json.dumps({"artifact": str(args.artifact), "dataset": rec.dataset, "protocol": rec.protocol,
+                                    device=args.device or "auto", progress=progress, skip_done=args.skip_done)
+    print(json.dumps({"artifact": str(args.artifact), "dataset": rec.dataset, "backbone": rec.backbone,
+                      "distilled_backbone": rec.distilled_backbone, "protocol": rec.protocol,
                       "protocol_version": rec.protocol_version, "params": rec.protocol_params, "seed": rec.seed,
                       "eval_variant": rec.eval_variant, "mean": rec.metrics["mean"], "std": rec.metrics["std"],
                       "per_student": rec.metrics["per_student"], "lrs": rec.eval_lrs, "notes": rec.notes,

@@ -23,7 +23,12 @@ from typing import Any, Literal
 import pydantic
 from typing_extensions import TypedDict
 
-SCHEMA_VERSION = 2
+# The newest schema this version reads. 3 added ``distilled_backbone``/``distilled_backbone_weights`` (a transfer
+# evaluation: a set scored with another backbone than the one that distilled it). A record is written with the
+# oldest schema that holds it (``schema_for``): an older mmdd-bench ignores unknown fields, so it would read a
+# transfer record as the evaluating backbone's own and merge it into that row; at schema 3 it skips the record
+# (with its "upgrade" warning) and still reads every other record as before.
+SCHEMA_VERSION = 3
 MAX_RECORD_BYTES = 16 * 2**20  # a record is a few KiB; anything this large is not one of ours
 
 
@@ -86,6 +91,10 @@ class RecordSpec:
     source: str = "run"  # "run": a harness cell; "eval": ``mmdd-bench eval`` on a saved set
     artifact: str | None = None
     experiment: dict = field(default_factory=dict)  # the cell's experiment, as ``mmdd-bench rerun`` replans it
+    # A transfer evaluation's source: the backbone (and its weights) that distilled the set, when ``backbone``
+    # is another one; None when the set was scored with its own backbone.
+    distilled_backbone: str | None = None
+    distilled_backbone_weights: str | None = None
 
 
 @dataclass
@@ -131,6 +140,8 @@ class RunRecord:
     deterministic: bool = False  # the method ignores the seed: its seeds share one set
     source: str = "run"
     experiment: dict[str, Any] = field(default_factory=dict)  # what was asked for this cell (``rerun`` reads it)
+    distilled_backbone: str | None = None  # a transfer evaluation: the backbone that distilled the set
+    distilled_backbone_weights: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     def save(self, results_dir: Path) -> Path:
@@ -153,7 +164,8 @@ def build_record(spec: RecordSpec, *, status: str, started: str, device: str, re
     fields = asdict(spec)
     rec = RunRecord(**fields, status=status, device=device, started_utc=started, finished_utc=utc_now(),
                     versions=versions(), environment=environment(device), command=command(),
-                    timings=dict(timings or {}), peak_memory_mb=dict(memory or {}), notes=list(notes or []))
+                    timings=dict(timings or {}), peak_memory_mb=dict(memory or {}), notes=list(notes or []),
+                    schema_version=schema_for(spec))
     if distilled is not None:
         rec.notes += [str(n) for n in distilled.meta.get("notes", []) if isinstance(n, str)]  # the method's own
         rec.n_pairs = len(distilled)
@@ -169,6 +181,11 @@ def build_record(spec: RecordSpec, *, status: str, started: str, device: str, re
     if error is not None:
         rec.error = f"{type(error).__name__}: {error}\n{''.join(traceback.format_exception(error)[-6:])}"
     return rec
+
+
+def schema_for(spec: RecordSpec | RunRecord) -> int:
+    """The oldest schema that holds a record (see ``SCHEMA_VERSION``): 3 for a transfer evaluation, else 2."""
+    return 3 if spec.distilled_backbone else 2
 
 
 def record_path(results_dir: Path, run_id: str) -> Path:
@@ -244,4 +261,4 @@ def read_records(results_dir: Path) -> list[RunRecord]:
 
 
 __all__ = ["SCHEMA_VERSION", "RecordError", "RecordSpec", "RunRecord", "atomic_write_text", "build_record",
-           "canonical_id", "load_record", "parse_record", "read_records", "record_path", "utc_now"]
+           "canonical_id", "load_record", "parse_record", "read_records", "record_path", "schema_for", "utc_now"]
