@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 from ..records import RunRecord, atomic_write_text
-from .leaderboard import DETERMINISTIC_NOTE, MARKDOWN_COLUMNS, display_rows
+from .leaderboard import DETERMINISTIC_NOTE, MARKDOWN_COLUMNS, display_rows, own
 from .matrix import MATRIX_NOTE, matrix_tables, protocol_matrix, published_protocol_share
 from .names import group_stem
 from .published import published_results
+from .transfer import TRANSFER_NOTE, has_transfers, transfer_matrix, transfer_tables
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -60,9 +61,26 @@ def _matrix_sections(board: pd.DataFrame) -> list[str]:
     return parts
 
 
+def _transfer_sections(board: pd.DataFrame) -> list[str]:
+    """The transfer matrices (only where some set was scored with another backbone than its own)."""
+    if not has_transfers(board):
+        return []
+    parts = []
+    for ds in sorted(transfer_matrix(board)["dataset"].unique()):
+        parts.append(f"<h2>Transfer matrix: {_escape(ds)}</h2><p class=\"note\">{_escape(TRANSFER_NOTE)}</p>")
+        for protocol, size, backbones, rows in transfer_tables(board, ds):
+            head = "".join(f"<th>{_escape(c)}</th>" for c in
+                           ["method", "distilled with", *[f"scored with {b}" for b in backbones]])
+            body = "".join("<tr>" + "".join(f"<td>{_escape(c)}</td>" for c in cells) + "</tr>" for cells in rows)
+            parts.append(f"<h3>protocol {_escape(protocol)}, N = {size}</h3><table class=\"transfer\"><thead><tr>{head}"
+                         f"</tr></thead><tbody>{body}</tbody></table>")
+    return parts
+
+
 def missing_published(board: pd.DataFrame) -> pd.DataFrame:
     """Published paper-setting rows with no measured row of the same dataset, protocol, method and size."""
     pub = published_results().dropna(subset=["size"])
+    board = board[own(board)]  # a transferred set is not the published method on its own backbone
     measured = set(zip(board["dataset"], board["backbone"], board["protocol"], board["method"], board["size"], strict=True))
     keep = [(d, b, p, m, int(s)) not in measured
             for d, b, p, m, s in zip(pub["dataset"], pub["backbone"], pub["protocol"], pub["method"], pub["size"], strict=True)]
@@ -88,6 +106,7 @@ def write_page(results_dir: Path, board: pd.DataFrame, galleries: dict[tuple[str
         parts.append(f"<img src=\"{_escape(stem)}__r_mean_vs_size.png\" alt=\"mean recall against size, {_escape(ds)}\">")
         parts.append(f"<img src=\"{_escape(stem)}__metrics.png\" alt=\"per-metric recall, {_escape(ds)}\">")
     parts += _matrix_sections(board)
+    parts += _transfer_sections(board)
     if galleries:
         parts.append("<h2>Distilled sets</h2>")
         for (ds, bb, method), path in sorted(galleries.items()):
@@ -110,14 +129,14 @@ def write_page(results_dir: Path, board: pd.DataFrame, galleries: dict[tuple[str
 
 def gallery_sources(records: list[RunRecord]) -> dict[tuple[str, str, str], RunRecord]:
     """One set per (dataset, backbone, method): the default variant if run, then the largest size and the
-    lowest seed."""
+    lowest seed; only sets distilled with that backbone (a transfer evaluation's set is its source's)."""
     chosen: dict[tuple[str, str, str], RunRecord] = {}
 
     def rank(r: RunRecord) -> tuple:
         return (r.variant == "", r.size, -r.seed)
 
     for r in records:
-        if r.status != "ok" or not r.artifact:
+        if r.status != "ok" or not r.artifact or r.distilled_backbone:
             continue
         key = (r.dataset, r.backbone, r.method)
         if key not in chosen or rank(r) > rank(chosen[key]):

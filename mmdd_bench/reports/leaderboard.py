@@ -1,5 +1,5 @@
-"""Leaderboards: one row per (dataset, backbone and its weights, splits, protocol, method, variant, settings,
-size), aggregated over **seeds**.
+"""Leaderboards: one row per (dataset, backbone and its weights, splits, protocol, method, variant, the backbone
+that distilled the set when it is another one, settings, size), aggregated over **seeds**.
 
 A row averages one record per seed: when several records describe the same seed of the same row (a
 re-evaluation with ``mmdd-bench eval``, a rerun elsewhere), the newest is kept and the others are named in
@@ -7,6 +7,11 @@ a warning, so ``n_seeds`` is what it says. Each seed's value is already a mean o
 is over seeds and left empty below two seeds (never a fake 0). Uncertainty comes from ``stats``: a 95%
 bootstrap interval of ``r_mean`` and the paired gain over random with its interval; a row whose gain
 interval contains 0 is flagged ``~ random``.
+
+A transfer evaluation (a set distilled with backbone A, scored with B: ``distilled_backbone`` = A) is a row
+of its own in B's table, labelled ``method (distilled with A)``, never merged with B's own sets; its gain is
+over B's own random subsets (the baseline under the backbone that scores it), and the ceilings, the
+equal-bytes curves and the baselines themselves come from B's own rows only.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ LABEL = ["dataset", "backbone", "protocol", "protocol_version", "eval_variant", 
 # ``settings`` hashes everything else a result depends on: the method version and every method and protocol
 # parameter, the backbone's weights and the splits, so rows made under different code defaults, weights or
 # data never merge.
-KEY = [*LABEL[:-1], "settings", "backbone_weights", "train_fingerprint", "test_fingerprint", "size"]
+KEY = [*LABEL[:-1], "distilled_backbone", "settings", "backbone_weights", "train_fingerprint", "test_fingerprint",
+       "size"]
 # Rows compared with random at the same size: the same evaluation and data, random at its defaults.
 BASE = ["dataset", "backbone", "backbone_weights", "train_fingerprint", "test_fingerprint", "protocol",
         "protocol_version", "eval_variant", "size"]
@@ -36,7 +42,7 @@ NEUTRAL_FOR_RANDOM = {"use_learned_lrs", "use_learned_similarity"}
 NEAR_RANDOM = "~ random"
 
 COLUMNS = [*LABEL, "n_seeds"] + [c for m in METRIC_NAMES for c in (m, f"{m}_std")] + [
-    "gain_vs_random", "storage_bytes", "distill_s", "settings",
+    "gain_vs_random", "storage_bytes", "distill_s", "settings", "distilled_backbone",
     "r_mean_ci_low", "r_mean_ci_high", "gain_ci_low", "gain_ci_high", "vs_random", "deterministic", "n_pairs",
     "budget_pairs", "pairs_equal_bytes", "random_equal_bytes", "gain_equal_bytes",
     "backbone_weights", "train_fingerprint", "test_fingerprint", "ceiling_r_mean", "share_of_ceiling"]
@@ -44,10 +50,22 @@ CEILING_METHOD = "full-data"
 
 
 def settings_id(record: RunRecord) -> str:
-    return canonical_id({"method_version": record.method_version, "method_params": record.method_params,
-                         "protocol_params": record.protocol_params, "backbone_weights": record.backbone_weights,
-                         "train": record.dataset_fingerprints.get("train"),
-                         "test": record.dataset_fingerprints.get("test")})[:8]
+    settings = {"method_version": record.method_version, "method_params": record.method_params,
+                "protocol_params": record.protocol_params, "backbone_weights": record.backbone_weights,
+                "train": record.dataset_fingerprints.get("train"), "test": record.dataset_fingerprints.get("test")}
+    if record.distilled_backbone:  # a transfer: which weights distilled the set (only then: old hashes stay)
+        settings["distilled_backbone_weights"] = record.distilled_backbone_weights
+    return canonical_id(settings)[:8]
+
+
+def own(board: pd.DataFrame) -> pd.Series:
+    """Rows of sets scored with the backbone that distilled them (not transfer evaluations)."""
+    return board["distilled_backbone"] == ""
+
+
+def method_label(method: str, distilled_backbone: str) -> str:
+    """``covmatch``, or ``covmatch (distilled with tiny)`` for a transfer evaluation's row."""
+    return f"{method} (distilled with {distilled_backbone})" if distilled_backbone else method
 
 
 def records_frame(records: list[RunRecord]) -> pd.DataFrame:
@@ -58,7 +76,8 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
             continue  # failed runs and debugging runs never enter a leaderboard
         row = {"dataset": r.dataset, "backbone": r.backbone, "protocol": r.protocol,
                "protocol_version": r.protocol_version, "eval_variant": r.eval_variant, "method": r.method,
-               "variant": r.variant, "settings": settings_id(r), "backbone_weights": r.backbone_weights,
+               "variant": r.variant, "distilled_backbone": r.distilled_backbone or "", "settings": settings_id(r),
+               "backbone_weights": r.backbone_weights,
                "train_fingerprint": r.dataset_fingerprints.get("train", ""),
                "test_fingerprint": r.dataset_fingerprints.get("test", ""), "size": r.size, "seed": r.seed,
                "run_id": r.run_id, "finished_utc": r.finished_utc, "deterministic": r.deterministic,
@@ -109,7 +128,7 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
              for seeds, baseline in zip(per_seed, random_baselines(out, per_seed), strict=True)]
     # Random against itself: a gain of 0 by definition, with no interval to speak of.
     gains = [(g, math.nan, math.nan) if is_base else (g, lo, hi) for (g, lo, hi), is_base in
-             zip(gains, ((out["method"] == "random") & (out["variant"] == "")).tolist(), strict=True)]
+             zip(gains, baseline_rows(out).tolist(), strict=True)]
     out["gain_vs_random"] = [g for g, _, _ in gains]
     out["gain_ci_low"] = [lo for _, lo, _ in gains]
     out["gain_ci_high"] = [hi for _, _, hi in gains]
@@ -130,11 +149,17 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     return out[COLUMNS]
 
 
+def baseline_rows(board: pd.DataFrame) -> pd.Series:
+    """Random without overrides, on its own backbone's sets: the rows other rows are compared with."""
+    return (board["method"] == "random") & (board["variant"] == "") & own(board)
+
+
 def random_baselines(board: pd.DataFrame, per_seed: list[dict[int, float]]) -> list[dict[int, float] | None]:
     """Random's per-seed r_mean to compare each row with: same size, evaluation and data, random without
-    overrides. None when random has no such row, or when several random rows with different settings
-    would qualify (records from different code versions): a gain against an ambiguous baseline would lie."""
-    is_random = ((board["method"] == "random") & (board["variant"] == "")).tolist()
+    overrides, distilled and scored with the row's (scoring) backbone. None when random has no such row, or when
+    several random rows with different settings would qualify (records from different code versions): a gain
+    against an ambiguous baseline would lie."""
+    is_random = baseline_rows(board).tolist()
     table: dict[tuple, list[dict[int, float]]] = {}
     for i, row in enumerate(board[BASE].itertuples(index=False, name=None)):
         if is_random[i]:
@@ -157,7 +182,7 @@ def ceilings(board: pd.DataFrame) -> list[float]:
     own student epochs, whatever the row's evaluation overrides). NaN when no ceiling was run, or when several
     ceilings with different settings would qualify (records from different code versions)."""
     base = [c for c in BASE if c not in ("size", "eval_variant")]
-    ceiling_rows = board[(board["method"] == CEILING_METHOD) & (board["variant"] == "")]
+    ceiling_rows = board[(board["method"] == CEILING_METHOD) & (board["variant"] == "") & own(board)]
     table: dict[tuple, list[float]] = {}
     for key, value in zip(ceiling_rows[base].itertuples(index=False, name=None), ceiling_rows["r_mean"], strict=True):
         table.setdefault(key, []).append(float(value))
@@ -171,7 +196,7 @@ def equal_bytes(board: pd.DataFrame) -> list[tuple[float, float]]:
     none outside them: no extrapolation). Pairs differ in cost by text kind (captions are a few bytes, token
     embeddings kilobytes) and by what a set stores besides its pairs, so this compares at equal storage."""
     base = [c for c in BASE if c != "size"]
-    randoms = board[(board["method"] == "random") & (board["variant"] == "")]
+    randoms = board[baseline_rows(board)]
     curves: dict[tuple, tuple[np.ndarray, np.ndarray, float]] = {}
     for key, part in randoms.groupby(base, dropna=False):
         part = part.sort_values("size")
@@ -195,10 +220,11 @@ def equal_bytes(board: pd.DataFrame) -> list[tuple[float, float]]:
 
 
 def label_clashes(board: pd.DataFrame) -> list[bool]:
-    """Rows whose visible label (method, variant, evaluation, size) is shared with a row of other settings."""
+    """Rows whose visible label (method, variant, evaluation, source backbone, size) is shared with a row of
+    other settings."""
     if board.empty:
         return []
-    return list(board.groupby(LABEL, dropna=False)["settings"].transform("nunique") > 1)
+    return list(board.groupby([*LABEL, "distilled_backbone"], dropna=False)["settings"].transform("nunique") > 1)
 
 
 def _number(value: float, fmt: str = "{:.2f}") -> str:
@@ -232,7 +258,8 @@ def display_rows(board: pd.DataFrame) -> list[list[str]]:
     """The leaderboard as text cells (Markdown and the page show the same thing)."""
     rows = []
     for (_, row), clash in zip(board.iterrows(), label_clashes(board), strict=True):
-        method = f"{row['method']} {DETERMINISTIC_MARK}" if row["deterministic"] else row["method"]
+        method = method_label(row["method"], row["distilled_backbone"])
+        method = f"{method} {DETERMINISTIC_MARK}" if row["deterministic"] else method
         variant = f"{row['variant']} [settings {row['settings']}]".strip() if clash else row["variant"]
         cells = [method, variant, row["eval_variant"], str(row["size"]), str(row["n_seeds"])]
         cells += [metric_cell(row[m], row[f"{m}_std"]) for m in METRIC_NAMES]
@@ -265,5 +292,6 @@ def published_markdown(published: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["BASE", "CEILING_METHOD", "COLUMNS", "ceilings", "KEY", "LABEL", "NEAR_RANDOM", "display_rows", "label_clashes", "leaderboard",
-           "one_record_per_seed", "published_markdown", "records_frame", "settings_id", "to_markdown"]
+__all__ = ["BASE", "CEILING_METHOD", "COLUMNS", "ceilings", "KEY", "LABEL", "NEAR_RANDOM", "baseline_rows", "display_rows",
+           "label_clashes", "leaderboard", "method_label", "one_record_per_seed", "own", "published_markdown",
+           "records_frame", "settings_id", "to_markdown"]

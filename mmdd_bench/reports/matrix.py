@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from .leaderboard import CEILING_METHOD, gain_cell
+from .leaderboard import CEILING_METHOD, gain_cell, own
 
 MATRIX_COLUMNS = ["dataset", "backbone", "size", "method", "variant", "eval_variant", "protocol", "n_seeds",
                   "r_mean", "gain_vs_random", "gain_ci_low", "gain_ci_high", "vs_random", "share_of_ceiling", "ceiling_r_mean"]
@@ -25,8 +25,9 @@ def protocol_matrix(board: pd.DataFrame) -> pd.DataFrame:
     """Long form of the matrix: one row per (dataset, backbone, size, method [variant], protocol). Where a cell
     has rows under several evaluation overrides, the one without overrides fills it; a cell that rows of
     different settings would still share (records from different code versions) is left out rather than
-    picked from. The gains are the leaderboard's: over random under the same protocol and evaluation."""
-    rows = board[board["method"] != CEILING_METHOD].copy()
+    picked from. The gains are the leaderboard's: over random under the same protocol and evaluation. Transfer
+    evaluations (sets distilled with another backbone) are the transfer matrix's (``transfer.py``), not this one's."""
+    rows = board[(board["method"] != CEILING_METHOD) & own(board)].copy()
     rows["label"] = [f"{m} {v}".strip() for m, v in zip(rows["method"], rows["variant"], strict=True)]
     keys = ["dataset", "backbone", "size", "label", "protocol"]
     has_default_eval = rows.groupby(keys, dropna=False)["eval_variant"].transform(lambda e: (e == "").any())
@@ -37,12 +38,12 @@ def protocol_matrix(board: pd.DataFrame) -> pd.DataFrame:
 
 def _ceiling_by_protocol(board: pd.DataFrame, dataset: str, backbone: str) -> dict[str, float]:
     ceil = board[(board["method"] == CEILING_METHOD) & (board["variant"] == "") & (board["dataset"] == dataset)
-                 & (board["backbone"] == backbone)]
+                 & (board["backbone"] == backbone) & own(board)]
     counts = ceil.groupby("protocol")["settings"].nunique()
     return {p: float(v) for p, v in zip(ceil["protocol"], ceil["r_mean"], strict=True) if counts[p] == 1}
 
 
-def _md(text: object) -> str:
+def md_cell(text: object) -> str:
     """A Markdown table cell from a record field (untrusted): no column breaks, no line breaks."""
     return " ".join(str(text).split()).replace("|", "\\|")
 
@@ -99,9 +100,9 @@ MATRIX_NOTE = ("Each cell: r_mean (gain over random under the same protocol, pai
 def matrix_markdown(board: pd.DataFrame, dataset: str, backbone: str) -> str:
     lines = [f"# Protocol matrix: {dataset} / backbone {backbone}", "", MATRIX_NOTE, ""]
     for size, protocols, rows in matrix_tables(board, dataset, backbone):
-        lines += [f"## N = {size}", "", "| method | " + " | ".join(_md(p) for p in protocols) + " |",
+        lines += [f"## N = {size}", "", "| method | " + " | ".join(md_cell(p) for p in protocols) + " |",
                   "|---|" + "---|" * len(protocols)]
-        lines += ["| " + " | ".join(_md(c) for c in cells) + " |" for cells in rows]
+        lines += ["| " + " | ".join(md_cell(c) for c in cells) + " |" for cells in rows]
         lines.append("")
     matrix = protocol_matrix(board)
     lifts = random_lifts(matrix[(matrix["dataset"] == dataset) & (matrix["backbone"] == backbone)])
@@ -145,5 +146,5 @@ def published_share_markdown(published: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["MATRIX_COLUMNS", "MATRIX_NOTE", "matrix_markdown", "matrix_tables", "protocol_matrix", "published_protocol_share",
+__all__ = ["MATRIX_COLUMNS", "MATRIX_NOTE", "matrix_markdown", "matrix_tables", "md_cell", "protocol_matrix", "published_protocol_share",
            "published_share_markdown", "random_lifts"]

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .leaderboard import label_clashes  # noqa: E402
+from .leaderboard import label_clashes, method_label  # noqa: E402
 from .published import published_for  # noqa: E402
 
 
@@ -40,7 +40,8 @@ def series_name(method: str, variant: str, eval_variant: str, settings: str = ""
 def _with_series(board: pd.DataFrame) -> pd.DataFrame:
     board = board.copy()
     clash = label_clashes(board)
-    board["series"] = [series_name(r.method, r.variant, r.eval_variant, r.settings if c else "")
+    board["series"] = [series_name(method_label(r.method, r.distilled_backbone), r.variant, r.eval_variant,
+                                   r.settings if c else "")
                        for r, c in zip(board.itertuples(index=False), clash, strict=True)]
     return board
 
@@ -48,11 +49,11 @@ def _with_series(board: pd.DataFrame) -> pd.DataFrame:
 def recall_vs_size(board: pd.DataFrame, dataset: str, backbone: str, protocol: str, stem: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     colours: dict[str, str] = {}
-    for (method, variant, eval_variant, name), part in _with_series(board).groupby(
-            ["method", "variant", "eval_variant", "series"], sort=True):
+    for (method, variant, eval_variant, source, name), part in _with_series(board).groupby(
+            ["method", "variant", "eval_variant", "distilled_backbone", "series"], sort=True):
         part = part.sort_values("size")
         line = ax.errorbar(part["size"], part["r_mean"], yerr=part["r_mean_std"], marker="o", capsize=3,
-                           label=f"{name} (measured)", linestyle=":" if variant or eval_variant else "-")
+                           label=f"{name} (measured)", linestyle=":" if variant or eval_variant or source else "-")
         colours.setdefault(method, line[0].get_color())
     published = published_for(dataset, backbone, protocol).dropna(subset=["size"])
     for (method, source), part in published.groupby(["method", "source"], sort=True):
@@ -69,7 +70,8 @@ def recall_vs_size(board: pd.DataFrame, dataset: str, backbone: str, protocol: s
 
 def metric_bars(board: pd.DataFrame, size: int, title: str, stem: Path) -> list[Path]:
     metrics = ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"]
-    part = _with_series(board[board["size"] == size]).sort_values(["method", "variant", "eval_variant", "settings"])
+    part = _with_series(board[board["size"] == size]).sort_values(["method", "variant", "eval_variant",
+                                                                   "distilled_backbone", "settings"])
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(1, len(part))
     for k, (_, row) in enumerate(part.iterrows()):

@@ -12,6 +12,7 @@ from .leaderboard import leaderboard, published_markdown, records_frame, to_mark
 from .matrix import matrix_markdown, protocol_matrix, published_share_markdown
 from .names import confined, group_stem
 from .published import published_for, published_results
+from .transfer import has_transfers, transfer_markdown, transfer_matrix
 
 
 def write_leaderboards(results_dir: Path, plots: bool = True, records: list[RunRecord] | None = None) -> list[Path]:
@@ -40,6 +41,7 @@ def write_leaderboards(results_dir: Path, plots: bool = True, records: list[RunR
             compared = methods_per_size[methods_per_size == methods_per_size.max()].index.max()  # most methods
             written += metric_bars(part, int(compared), f"{ds} / {bb} / {proto}", confined(out_dir, f"{stem}__metrics"))
     written += write_protocol_matrices(out_dir, board)
+    written += write_transfer_matrices(out_dir, board)
     return written
 
 
@@ -56,6 +58,22 @@ def write_protocol_matrices(out_dir: Path, board) -> list[Path]:
             continue
         path = confined(out_dir, f"{group_stem(ds, bb)}.protocol-matrix.md")
         atomic_write_text(path, matrix_markdown(board, ds, bb))
+        written.append(path)
+    return written
+
+
+def write_transfer_matrices(out_dir: Path, board) -> list[Path]:
+    """Only when some record is a transfer evaluation: ``transfer-matrix.csv`` (every cell) and per dataset with
+    transfers a Markdown matrix, ``<dataset>.transfer-matrix.md`` (one part and that suffix: never a
+    leaderboard's or a protocol matrix's name)."""
+    if not has_transfers(board):
+        return []
+    matrix = transfer_matrix(board)
+    written = [confined(out_dir, "transfer-matrix.csv")]
+    atomic_write_text(written[0], matrix.drop(columns="label").to_csv(index=False))
+    for ds in sorted(matrix["dataset"].unique()):
+        path = confined(out_dir, f"{group_stem(ds)}.transfer-matrix.md")
+        atomic_write_text(path, transfer_markdown(board, ds))
         written.append(path)
     return written
 
@@ -103,5 +121,5 @@ def write_reports(results_dir: Path, html: bool = False, data_root: str | None =
     return written
 
 
-__all__ = ["write_leaderboards", "write_reports"]
+__all__ = ["write_leaderboards", "write_protocol_matrices", "write_reports", "write_transfer_matrices"]
 
