@@ -45,7 +45,9 @@ def versions() -> dict:
     out["platform"] = platform.platform()
     sha = _git("rev-parse", "HEAD")
     out["git_sha"] = sha.strip() if sha else None
-    status = _git("status", "--porcelain", "--untracked-files=no") if sha else None
+    # Dirty means the *code* differs from the commit: the committed results folder (records being regenerated)
+    # is data, not code, so changes there do not count.
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results") if sha else None
     out["git_dirty"] = None if status is None else bool(status.strip())
     return out
 

@@ -125,6 +125,9 @@ class RunRecord:
     metrics: Metrics = field(default_factory=dict)  # type: ignore[assignment]
     selected_epochs: list[int] = field(default_factory=list)
     eval_lrs: dict[str, Finite] = field(default_factory=dict)
+    # The aids the students were handed (learned_lrs, val_tuned_lrs, learned_similarity, teacher_similarity:
+    # protocols/aids.py); None in records made before aids were named, [] when there were none.
+    eval_aids: list[str] | None = None
     notes: list[str] = field(default_factory=list)
     timings: dict[str, Any] = field(default_factory=dict)  # distill_s, eval_s, s_per_iteration, ...
     peak_memory_mb: dict[str, Any] = field(default_factory=dict)
@@ -176,6 +179,7 @@ def build_record(spec: RecordSpec, *, status: str, started: str, device: str, re
         rec.metrics = {"mean": result.mean, "std": result.std, "per_student": result.per_student}
         rec.selected_epochs = list(result.selected_epochs)
         rec.eval_lrs = dict(result.lrs)
+        rec.eval_aids = list(result.aids)
         rec.notes += list(result.notes)
         rec.timings["eval_s"] = round(result.seconds, 3)
     if error is not None:

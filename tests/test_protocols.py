@@ -145,7 +145,7 @@ def test_sets_without_a_similarity_keep_their_identity_keys(mini, tiny, cache_di
     params = quick(p, epochs=3, n_students=1, batch_size=8)
     assert p.student_loss(d, params, CPU) == (None, [])
     old_keys = {f.name for f in dataclasses.fields(params)} - {"use_learned_similarity", "student_loss", "val_every",
-                                                                 "students"}
+                                                                 "students", "tune_lrs", "teacher_similarity"}
     assert set(identity_dict(params)) == old_keys
     assert identity_dict(quick(p, use_learned_similarity=False))["use_learned_similarity"] is False
 

@@ -27,6 +27,7 @@ from ..errors import UsageError
 from ..metrics import METRIC_NAMES, retrieval_metrics
 from ..params import apply_overrides, identity_dict, param, variant_label
 from ..progress import ProgressFn
+from . import aids
 from .compat import check_text, images_for
 
 STUDENT_MODES = ("auto", "together", "one-by-one")
@@ -51,6 +52,10 @@ class EvalParams:
     use_learned_similarity: bool = param(True, omit_default=True)
     # The student's loss, overriding the set's ("": the set's, else InfoNCE).
     student_loss: str = param("", choices=("", *LOSS_KINDS), omit_default=True)
+    # Aids for sets that carry none (protocols/aids.py): step sizes chosen on val for this set (replacing learned
+    # ones), and a full-data teacher's similarity as the students' targets (replacing a learned one).
+    tune_lrs: bool = param(False, omit_default=True)
+    teacher_similarity: bool = param(False, omit_default=True)
     # How students train: together (torch.func.vmap; what GPUs want) or one by one; "auto" picks per device.
     # Operational: both give the same students within float tolerance.
     students: str = param("auto", choices=STUDENT_MODES, operational=True)
@@ -81,6 +86,7 @@ class EvalResult:
     lrs: dict[str, float]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    aids: list[str] = field(default_factory=list)  # what the evaluation handed the students (protocols/aids.py)
 
 
 def summarize(per_student: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float | None]]:
@@ -250,9 +256,14 @@ class Protocol:
         start = time.perf_counter()
         distilled, image_notes = images_for(distilled, backbone)
         backbone.to(device)
-        lrs, notes = self.learning_rates(distilled, backbone, params)
+        # With eval.tune_lrs the search starts from the protocol's own lrs, never from learned ones.
+        lrs, notes = (Protocol.learning_rates(self, distilled, backbone, params) if params.tune_lrs
+                      else self.learning_rates(distilled, backbone, params))
         notes = image_notes + notes
-        loss, loss_notes = self.student_loss(distilled, params, device)
+        if params.teacher_similarity:
+            loss, loss_notes = aids.teacher_loss(distilled, dataset, backbone, params, device, cache_dir, progress)
+        else:
+            loss, loss_notes = self.student_loss(distilled, params, device)
         notes = notes + loss_notes
         test_images = ImageStore(dataset.test.image_paths, backbone.image_size, cache_dir,
                                  dataset.test.fingerprint, backbone.mean, backbone.std)
@@ -261,6 +272,12 @@ class Protocol:
             val_images = ImageStore(dataset.val.image_paths, backbone.image_size, cache_dir,
                                     dataset.val.fingerprint, backbone.mean, backbone.std)
         data = self.student_data(distilled, dataset, backbone, device, cache_dir)
+        used = self.aids_used(distilled, params, lrs, loss)
+        if params.tune_lrs:
+            lrs, lr_notes = aids.search_learning_rates(self, data, dataset, backbone, params, lrs, seed, device,
+                                                       cache_dir, loss, progress)
+            carried = ["the set's learned step sizes are replaced by these"] if {"lr_image", "lr_text"} <= distilled.extras.keys() else []
+            notes = notes + lr_notes + carried
         cache: dict = {"cache_dir": cache_dir}
         seeds = student_seeds(seed, params.n_students)
         models = [self.build_student(backbone, s, device) for s in seeds]
@@ -281,7 +298,23 @@ class Protocol:
         per_student = [self.score(m, dataset.test, test_images, backbone, device, cache) for m in models]
         mean, std = summarize(per_student)
         return EvalResult(per_student, mean, std, asdict(params), selected, lrs,
-                          time.perf_counter() - start, notes)
+                          time.perf_counter() - start, notes, used)
+
+    def aids_used(self, distilled: DistilledSet, params: EvalParams, lrs: dict[str, float],
+                  loss: StudentLoss | None) -> list[str]:
+        """The aids an evaluation hands its students: step sizes other than the protocol's (learned, or tuned on
+        val) and targets other than the identity (a learned or a teacher's similarity)."""
+        used = []
+        own = {"encoder": params.lr_encoder, "projection": params.lr_projection}
+        if params.tune_lrs:
+            used.append(aids.VAL_TUNED_LRS)
+        elif any(lrs[k] != own[k] for k in own if f"lr_{k}" not in self.inactive_params):
+            used.append(aids.LEARNED_LRS)
+        if params.teacher_similarity:
+            used.append(aids.TEACHER_SIMILARITY)
+        elif loss is not None and distilled.has_similarity and params.use_learned_similarity:
+            used.append(aids.LEARNED_SIMILARITY)
+        return used
 
     def _optimizer(self, named: dict[str, torch.Tensor], model: DualEncoder, lrs: dict[str, float],
                    params: EvalParams) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:

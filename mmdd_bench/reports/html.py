@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..records import RunRecord, atomic_write_text
+from .aids import AIDS_HEADER, AIDS_NOTE, aids_rows
 from .leaderboard import DETERMINISTIC_NOTE, MARKDOWN_COLUMNS, display_rows, own
 from .matrix import MATRIX_NOTE, matrix_tables, protocol_matrix, published_protocol_share
 from .names import group_stem
@@ -77,6 +78,19 @@ def _transfer_sections(board: pd.DataFrame) -> list[str]:
     return parts
 
 
+def _aids_sections(aids: pd.DataFrame | None) -> list[str]:
+    """The aids tables (where a method was scored with and without aids)."""
+    if aids is None or aids.empty:
+        return []
+    parts = []
+    for (ds, bb, proto, size), part in aids.groupby(["dataset", "backbone", "protocol", "size"], sort=True):
+        head = "".join(f"<th>{_escape(c)}</th>" for c in AIDS_HEADER)
+        body = "".join("<tr>" + "".join(f"<td>{_escape(c)}</td>" for c in cells) + "</tr>" for cells in aids_rows(part))
+        parts.append(f"<h3>{_escape(ds)} / backbone {_escape(bb)} / {_escape(proto)}, N = {int(size)}</h3>"
+                     f"<table class=\"aids\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return [f"<h2>Evaluation aids</h2><p class=\"note\">{_escape(AIDS_NOTE)}</p>", *parts]
+
+
 def missing_published(board: pd.DataFrame) -> pd.DataFrame:
     """Published paper-setting rows with no measured row of the same dataset, protocol, method and size."""
     pub = published_results().dropna(subset=["size"])
@@ -88,7 +102,7 @@ def missing_published(board: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_page(results_dir: Path, board: pd.DataFrame, galleries: dict[tuple[str, str, str], Path],
-               notes: list[str]) -> Path:
+               notes: list[str], aids: pd.DataFrame | None = None) -> Path:
     out = results_dir / "index.html"
     parts = ["<!doctype html><html><head><meta charset=\"utf-8\"><title>mmdd-bench results</title>"
              f"<style>{STYLE}</style></head><body>",
@@ -107,6 +121,7 @@ def write_page(results_dir: Path, board: pd.DataFrame, galleries: dict[tuple[str
         parts.append(f"<img src=\"{_escape(stem)}__metrics.png\" alt=\"per-metric recall, {_escape(ds)}\">")
     parts += _matrix_sections(board)
     parts += _transfer_sections(board)
+    parts += _aids_sections(aids)
     if galleries:
         parts.append("<h2>Distilled sets</h2>")
         for (ds, bb, method), path in sorted(galleries.items()):

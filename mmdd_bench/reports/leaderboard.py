@@ -82,11 +82,12 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
                "test_fingerprint": r.dataset_fingerprints.get("test", ""), "size": r.size, "seed": r.seed,
                "run_id": r.run_id, "finished_utc": r.finished_utc, "deterministic": r.deterministic,
                "storage_bytes": r.storage_bytes, "n_pairs": r.n_pairs, "budget_pairs": r.budget_pairs,
-               "distill_s": r.timings.get("distill_s", np.nan)}
+               "distill_s": r.timings.get("distill_s", np.nan),
+               "eval_aids": None if r.eval_aids is None else "+".join(r.eval_aids)}
         row.update({m: r.metrics["mean"].get(m, np.nan) for m in METRIC_NAMES})
         rows.append(row)
     return pd.DataFrame(rows, columns=[*KEY, "seed", "run_id", "finished_utc", "deterministic", "storage_bytes",
-                                       "n_pairs", "budget_pairs", "distill_s", *METRIC_NAMES])
+                                       "n_pairs", "budget_pairs", "distill_s", "eval_aids", *METRIC_NAMES])
 
 
 def one_record_per_seed(frame: pd.DataFrame) -> pd.DataFrame:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import MMDDError
 from ..records import RunRecord, atomic_write_text, read_records
+from .aids import aids_markdown, aids_table
 from .leaderboard import leaderboard, published_markdown, records_frame, to_markdown
 from .matrix import matrix_markdown, protocol_matrix, published_share_markdown
 from .names import confined, group_stem
@@ -22,7 +23,8 @@ def write_leaderboards(results_dir: Path, plots: bool = True, records: list[RunR
     from .plots import metric_bars, recall_vs_size
 
     results_dir = Path(results_dir)
-    board = leaderboard(records_frame(read_records(results_dir) if records is None else records))
+    frame = records_frame(read_records(results_dir) if records is None else records)
+    board = leaderboard(frame)
     out_dir = results_dir / "leaderboard"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [confined(out_dir, "leaderboard.csv")]
@@ -42,6 +44,21 @@ def write_leaderboards(results_dir: Path, plots: bool = True, records: list[RunR
             written += metric_bars(part, int(compared), f"{ds} / {bb} / {proto}", confined(out_dir, f"{stem}__metrics"))
     written += write_protocol_matrices(out_dir, board)
     written += write_transfer_matrices(out_dir, board)
+    written += write_aids_tables(out_dir, aids_table(frame))
+    return written
+
+
+def write_aids_tables(out_dir: Path, table) -> list[Path]:
+    """``aids.csv`` and per (dataset, backbone) ``<dataset>__<backbone>.aids.md``, where any method was scored with
+    and without aids (nothing otherwise)."""
+    if table.empty:
+        return []
+    written = [confined(out_dir, "aids.csv")]
+    atomic_write_text(written[0], table.to_csv(index=False))
+    for (ds, bb), _ in table.groupby(["dataset", "backbone"], sort=True):
+        path = confined(out_dir, f"{group_stem(ds, bb)}.aids.md")
+        atomic_write_text(path, aids_markdown(table, ds, bb))
+        written.append(path)
     return written
 
 
@@ -116,8 +133,9 @@ def write_reports(results_dir: Path, html: bool = False, data_root: str | None =
             notes.append(f"no gallery for {' / '.join(key)}: {exc}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the leaderboards above already warned about the same records
-        board = leaderboard(records_frame(records))
-    written += [*galleries.values(), write_page(results_dir, board, galleries, notes)]
+        frame = records_frame(records)
+        board, aids = leaderboard(frame), aids_table(frame)
+    written += [*galleries.values(), write_page(results_dir, board, galleries, notes, aids)]
     return written
 
 
