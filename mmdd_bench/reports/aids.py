@@ -17,6 +17,7 @@ import math
 import pandas as pd
 
 from .leaderboard import CEILING_METHOD, gain_cell, one_record_per_seed
+from .matrix import md_cell
 from .stats import paired_gain
 
 AID_KINDS = {"learned_lrs": "step sizes", "val_tuned_lrs": "step sizes", "learned_similarity": "similarity",
@@ -106,17 +107,13 @@ AIDS_HEADER = ["method", "aids", "seeds", "r_mean without", "r_mean with", "gain
                "random with the same aids", "gain over random with the same aids"]
 
 
-def _md(text: object) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
 def aids_markdown(table: pd.DataFrame, dataset: str, backbone: str) -> str:
-    lines = [f"# Evaluation aids: {dataset} / backbone {backbone}", "", AIDS_NOTE, ""]
+    lines = [f"# Evaluation aids: {md_cell(dataset)} / backbone {md_cell(backbone)}", "", AIDS_NOTE, ""]
     part = table[(table["dataset"] == dataset) & (table["backbone"] == backbone)]
     for (protocol, size), rows in part.groupby(["protocol", "size"], sort=True):
-        lines += [f"## {protocol}, N = {size}", "", "| " + " | ".join(AIDS_HEADER) + " |",
+        lines += [f"## {md_cell(protocol)}, N = {size}", "", "| " + " | ".join(AIDS_HEADER) + " |",
                   "|---|" + "---|" * (len(AIDS_HEADER) - 1)]
-        lines += ["| " + " | ".join(_md(c) for c in cells) + " |" for cells in aids_rows(rows)]
+        lines += ["| " + " | ".join(md_cell(c) for c in cells) + " |" for cells in aids_rows(rows)]
         lines.append("")
     return "\n".join(lines)
 
