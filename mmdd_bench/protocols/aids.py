@@ -86,6 +86,9 @@ def search_learning_rates(protocol: Protocol, data: StudentData, dataset: Datase
     cache: dict = {"cache_dir": cache_dir}
     student_seed = _student_seed(seed)
     scores: dict[tuple[float | None, float], float] = {}
+    projection, encoder = float(base["projection"]), base["encoder"]
+    encoder_trains = encoder is not None and "lr_encoder" not in protocol.inactive_params
+    n_trials = len(ENCODER_FACTORS) + (len(PROJECTION_FACTORS) if encoder_trains else 0)
 
     def trial(lrs: dict[str, float]) -> float:
         key = (lrs["encoder"], lrs["projection"])
@@ -98,15 +101,14 @@ def search_learning_rates(protocol: Protocol, data: StudentData, dataset: Datase
             except FloatingPointError:
                 scores[key] = -math.inf
             if progress:
-                progress("step sizes on val", len(scores), len(ENCODER_FACTORS) + len(PROJECTION_FACTORS))
+                progress("step sizes on val", len(scores), n_trials)
         return scores[key]
 
     def best(candidates: list[dict[str, float]]) -> dict[str, float]:
         results = [(trial(c), -i, c) for i, c in enumerate(candidates)]
         return max(results, key=lambda r: (r[0], r[1]))[2]
 
-    projection, encoder = float(base["projection"]), base["encoder"]
-    if encoder is not None and "lr_encoder" not in protocol.inactive_params:
+    if encoder_trains:
         chosen = best([{"encoder": float(encoder) * f, "projection": projection} for f in _own_first(ENCODER_FACTORS)])
         chosen = best([{**chosen, "projection": projection * f} for f in _own_first((1.0, *PROJECTION_FACTORS))])
     else:  # only heads train: the projection lr over the encoder's wider grid
