@@ -85,7 +85,7 @@ def _transfer_notes(distilled: DistilledSet, source: str | None, backbone: str, 
     if source is None:
         return []
     notes = [f"transfer: distilled with backbone {source!r}, scored with {backbone!r}"]
-    if learned_lrs and {"lr_image", "lr_text"} <= distilled.extras.keys():
+    if learned_lrs and distilled.has_learned_lrs:
         notes.append(f"the set's learned step sizes were learned for {source!r}'s image encoder; "
                      "--set eval.use_learned_lrs=false scores it with the protocol's lrs")
     return notes

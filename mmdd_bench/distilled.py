@@ -156,6 +156,11 @@ class DistilledSet:
         return self.budget_pairs if self.reference is not None else self.images.shape[0]
 
     @property
+    def has_learned_lrs(self) -> bool:
+        """The set carries learned step sizes (MTT-VL, TESLA-VL, LoRS): one per tower."""
+        return {"lr_image", "lr_text"} <= self.extras.keys()
+
+    @property
     def has_similarity(self) -> bool:
         return any(k in self.extras for k in SIMILARITY_EXTRAS)
 

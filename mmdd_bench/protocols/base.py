@@ -276,7 +276,7 @@ class Protocol:
         if params.tune_lrs:
             lrs, lr_notes = aids.search_learning_rates(self, data, dataset, backbone, params, lrs, seed, device,
                                                        cache_dir, loss, progress)
-            carried = ["the set's learned step sizes are replaced by these"] if {"lr_image", "lr_text"} <= distilled.extras.keys() else []
+            carried = ["the set's learned step sizes are replaced by these"] if distilled.has_learned_lrs else []
             notes = notes + lr_notes + carried
         cache: dict = {"cache_dir": cache_dir}
         seeds = student_seeds(seed, params.n_students)

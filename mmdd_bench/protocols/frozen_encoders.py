@@ -61,7 +61,7 @@ class FrozenEncodersProtocol(FrozenTextProtocol):
     def learning_rates(self, distilled: DistilledSet, backbone: Backbone, params: EvalParams) -> tuple[dict[str, float], list[str]]:
         params = self.resolve_params(params, backbone)
         notes = ["only the projection heads train, on the frozen encoders' features"]
-        if {"lr_image", "lr_text"} <= distilled.extras.keys():
+        if distilled.has_learned_lrs:
             notes.append("the set's learned step sizes are not used: no image encoder or text projection trains here")
         return {"encoder": params.lr_encoder, "projection": params.lr_projection}, notes
 

@@ -80,7 +80,7 @@ class FrozenTextProtocol(Protocol):
 
     def learning_rates(self, distilled: DistilledSet, backbone: Backbone, params: EvalParams) -> tuple[dict[str, float], list[str]]:
         lrs, notes = super().learning_rates(distilled, backbone, params)
-        if params.use_learned_lrs and {"lr_image", "lr_text"} <= distilled.extras.keys():
+        if params.use_learned_lrs and distilled.has_learned_lrs:
             lrs = {"encoder": float(distilled.extras["lr_image"]), "projection": float(distilled.extras["lr_text"])}
             notes.append("used the learned step sizes carried by the distilled set: the image lr for the encoder, the text lr "
                          "for the text projection (LoRS's evaluation)")
