@@ -350,3 +350,96 @@ def test_the_transfer_preset_is_the_script_and_plans(cache_dir, tmp_path):
     assert set(file.methods) == grid and file.backbone == "tiny-vit" and file.sizes == [100] and file.seeds == [0, 1, 2]
     assert main(["run", "--config", str(root / "configs" / "shapes-transfer.yaml"), "--dry-run", "--json",
                  "--results", str(tmp_path), "--cache-dir", str(cache_dir)]) == 0
+
+
+# ---- the paper setting's transfer targets ------------------------------------------------------------------------
+PAPER_TARGETS = {"paper": "nfnet_l0", "paper-nfresnet50": "nf_resnet50", "paper-vit": "vit_base_patch16_224"}
+
+
+def _fake_paper_weights(tmp_path, monkeypatch) -> None:
+    """Weight files for every paper-setting backbone (their bytes are hashed, never loaded, by describe)."""
+    from mmdd_bench.encoders.identity import PAPER_IMAGE_ENCODERS
+
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "model.safetensors").write_bytes(b"bert weights")
+    monkeypatch.setenv("MMDD_BENCH_BERT", str(bert))
+    for name, encoder in PAPER_IMAGE_ENCODERS.items():
+        (tmp_path / f"{name}.safetensors").write_bytes(f"{name} image weights".encode())
+        monkeypatch.setenv(encoder.weights_env, str(tmp_path / f"{name}.safetensors"))
+
+
+def test_paper_transfer_targets_share_papers_text_tower(tmp_path, monkeypatch):
+    """nf_resnet50 and a ViT (the papers' transfer targets) are registered, hash their own image weights and
+    share ``paper``'s text tower, so a paper-setting set of any text kind can be scored with them."""
+    from mmdd_bench.encoders import BACKBONE_NAMES, describe_backbone
+
+    _fake_paper_weights(tmp_path, monkeypatch)
+    specs = {name: describe_backbone(name, tmp_path / "cache") for name in PAPER_TARGETS}
+    for name, timm_name in PAPER_TARGETS.items():
+        assert name in BACKBONE_NAMES and specs[name].weights_id.startswith(f"{timm_name}-")
+    assert len({spec.weights_id for spec in specs.values()}) == 3
+    assert len({spec.text_tower_id for spec in specs.values()}) == 1
+    assert specs["paper"].text_tower_id.startswith("bert/cls/32-tokens:bert-base-uncased-")
+    sentence = _embedding_set(specs["paper"].text_encoder_id, dim=768)
+    for target in ("paper-nfresnet50", "paper-vit"):
+        check_text(sentence, _spec_backbone(specs[target]))
+    with pytest.raises(UsageError, match="share a text tower"):
+        check_text(dataclasses.replace(sentence, encoder_id=OLD_TINY_ID), _spec_backbone(specs["paper-vit"]))
+
+
+def _spec_backbone(spec):
+    """A stand-in with the identity fields ``check_text`` reads (building the real encoders needs real weights)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name=spec.name, text_encoder_id=spec.text_encoder_id, text_tower_id=spec.text_tower_id)
+
+
+@pytest.mark.parametrize("target,variable", [("paper-nfresnet50", "MMDD_BENCH_NFRESNET50_WEIGHTS"),
+                                             ("paper-vit", "MMDD_BENCH_VIT_WEIGHTS")])
+def test_paper_target_with_a_missing_or_broken_checkpoint_is_a_weights_error(target, variable, tmp_path, monkeypatch):
+    from mmdd_bench.encoders import build_backbone, describe_backbone
+
+    _fake_paper_weights(tmp_path, monkeypatch)
+    monkeypatch.setenv(variable, str(tmp_path / "absent.safetensors"))
+    with pytest.raises(WeightsError, match=f"{variable}=.*is not a file"):
+        describe_backbone(target, tmp_path / "cache")
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    monkeypatch.setenv(variable, str(broken))
+    monkeypatch.setattr("mmdd_bench.encoders.paper.BertTextEncoder", lambda model: model)  # BERT is not the point
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *a, **k: None)
+    monkeypatch.setattr("transformers.AutoModel.from_pretrained", lambda *a, **k: None)
+    with pytest.raises(WeightsError, match=f"cannot load pretrained .* locally .*{variable}"):
+        build_backbone(target, tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_paper_targets_build_at_low_resolution_and_load_a_local_checkpoint(tmp_path, monkeypatch):
+    """Both targets build without weights (their feature widths, a ViT at 64 px), and a local timm checkpoint
+    (saved with its ImageNet classifier, as published ones are) is what the encoder holds afterwards."""
+    import timm
+    import transformers
+    from safetensors.torch import save_file
+
+    from mmdd_bench.encoders import build_backbone
+    from mmdd_bench.encoders.tiny import minilm_path
+
+    for target, width in (("paper-nfresnet50", 2048), ("paper-vit", 768)):
+        bb = build_backbone(target, tmp_path / "cache", pretrained=False, image_size=64)
+        model = bb.dual_encoder(text_trainable=False, image_head=True, seed=0)
+        h, g = model.image_features(torch.randn(2, 3, 64, 64))
+        assert bb.image_dim == width and h.shape == (2, width) and g.shape == (2, width) and bb.text_dim == 768
+    bert = tmp_path / "bert"  # a small BERT with bert-base-uncased's vocabulary (all-MiniLM-L6-v2 ships it)
+    transformers.AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(bert)
+    transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                   intermediate_size=37)).save_pretrained(bert)
+    torch.manual_seed(1)
+    checkpoint = timm.create_model("nf_resnet50", pretrained=False).state_dict()
+    save_file(checkpoint, str(tmp_path / "nf_resnet50.safetensors"))
+    monkeypatch.setenv("MMDD_BENCH_BERT", str(bert))
+    monkeypatch.setenv("MMDD_BENCH_NFRESNET50_WEIGHTS", str(tmp_path / "nf_resnet50.safetensors"))
+    bb = build_backbone("paper-nfresnet50", tmp_path / "cache")
+    loaded = bb.image_encoder.state_dict()
+    assert "head.fc.weight" not in loaded and torch.equal(loaded["stem.conv.weight"], checkpoint["stem.conv.weight"])
+    assert bb.weights_id.startswith("nf_resnet50-") and "+bert-base-uncased-" in bb.weights_id

@@ -1,4 +1,5 @@
-"""Backbones by name: ``paper``, ``tiny``, ``tiny-vit`` and ``clip-<open_clip model>[@tag]``, created lazily."""
+"""Backbones by name: ``paper`` (and its transfer targets ``paper-nfresnet50``, ``paper-vit``), ``tiny``,
+``tiny-vit`` and ``clip-<open_clip model>[@tag]``, created lazily."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from pathlib import Path
 
 from ..progress import ProgressFn
 from .backbone import Backbone
-from .identity import TINY_FAMILY, BackboneSpec, describe_backbone, unknown_backbone
+from .identity import PAPER_IMAGE_ENCODERS, TINY_FAMILY, BackboneSpec, describe_backbone, unknown_backbone
 
 BACKBONE_NAMES = {
-    "paper": "nfnet_l0 (timm, ImageNet) + bert-base-uncased; the papers' setting (GPU)",
+    **{name: encoder.description for name, encoder in PAPER_IMAGE_ENCODERS.items()},
     "tiny": "small CNN pretrained on shapes attributes + 1-layer all-MiniLM-L6-v2; runs on 2 CPU cores",
     "tiny-vit": "small ViT pretrained like tiny's CNN + tiny's very text tower (sets transfer between the two); 2 CPU cores",
     "clip-<model>[@tag]": "an open_clip model's image and text towers, e.g. clip-ViT-B-32@openai",
@@ -24,10 +25,10 @@ def build_backbone(name: str, cache_dir: Path, *, pretrained: bool = True, image
         from .tiny import build_tiny
 
         return build_tiny(cache_dir, pretrained=pretrained, progress=progress, backbone=name)
-    if name == "paper":
+    if name in PAPER_IMAGE_ENCODERS:
         from .paper import build_paper
 
-        return build_paper(cache_dir, pretrained=pretrained, image_size=image_size or 224)
+        return build_paper(cache_dir, pretrained=pretrained, image_size=image_size or 224, backbone=name)
     if name.startswith("clip-"):
         from .clip import build_clip
 

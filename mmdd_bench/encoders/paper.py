@@ -1,8 +1,13 @@
-"""``paper``: timm ``nfnet_l0`` (ImageNet, 2304-d) + ``bert-base-uncased`` (CLS, 768-d), as in the papers.
+"""The paper setting: ``paper`` is timm ``nfnet_l0`` (ImageNet, 2304-d) + ``bert-base-uncased`` (CLS, 768-d), as
+in the papers; ``paper-nfresnet50`` (2048-d) and ``paper-vit`` (``vit_base_patch16_224``, 768-d, CLS token) swap
+the image encoder for the two their transfer tables use and keep the text tower, so a set distilled with one
+is scored with another (``mmdd-bench eval ARTIFACT --backbone paper-vit``).
 
-Weights come from local files only: ``MMDD_BENCH_NFNET_WEIGHTS`` (a timm checkpoint file) and
-``MMDD_BENCH_BERT`` (a folder with config, tokenizer and weights), or else the Hugging Face cache that
-``timm``/``transformers`` would use with ``HF_HUB_OFFLINE=1``. A miss is an error, never a random init.
+Weights come from local files only: the image encoder's ``MMDD_BENCH_*_WEIGHTS`` checkpoint file
+(``identity.PAPER_IMAGE_ENCODERS``) and ``MMDD_BENCH_BERT`` (a folder with config, tokenizer and weights), or else
+the Hugging Face cache that ``timm``/``transformers`` would use with ``HF_HUB_OFFLINE=1``. A miss is an error,
+never a random init. All three normalise images as the papers' data pipeline (BLIP's) does, with CLIP's mean
+and std, so one dataset cache serves them and transfers need no re-normalisation.
 """
 
 from __future__ import annotations
@@ -14,20 +19,18 @@ import torch
 
 from ..errors import WeightsError
 from .backbone import Backbone, HFTokenizer
-from .identity import BERT_NAME, NFNET_NAME, paper_weights_id
+from .identity import BERT_NAME, PAPER_IMAGE_ENCODERS, PaperImageEncoder, paper_weights_id
 from .text import BertTextEncoder
 
 MAX_TOKENS = 32
 
 
-def build_paper(cache_dir: Path, pretrained: bool = True, image_size: int = 224) -> Backbone:
-    import timm
+def build_paper(cache_dir: Path, pretrained: bool = True, image_size: int = 224, backbone: str = "paper") -> Backbone:
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     bert_source = os.environ.get("MMDD_BENCH_BERT", BERT_NAME)
-    nfnet_file = os.environ.get("MMDD_BENCH_NFNET_WEIGHTS")
     if pretrained:
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(bert_source)
@@ -47,27 +50,41 @@ def build_paper(cache_dir: Path, pretrained: bool = True, image_size: int = 224)
         with torch.random.fork_rng():  # the same random weights in every process ("random" is their id)
             torch.manual_seed(0)
             text_model = transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False)
-    kwargs = {"num_classes": 0, "global_pool": "avg"}
-    if pretrained and nfnet_file:
-        if not Path(nfnet_file).is_file():
-            raise WeightsError(f"MMDD_BENCH_NFNET_WEIGHTS={nfnet_file} is not a file.")
-        kwargs["pretrained_cfg_overlay"] = {"file": nfnet_file}
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            image = timm.create_model(NFNET_NAME, pretrained=pretrained, **kwargs)
-    except Exception as exc:  # timm raises hub/OS errors of several kinds when weights are absent
-        raise WeightsError(
-            f"cannot load pretrained {NFNET_NAME} weights locally ({exc.__class__.__name__}: {exc}). Put them "
-            "in the Hugging Face cache or set MMDD_BENCH_NFNET_WEIGHTS to a checkpoint file."
-        ) from exc
+    encoder = PAPER_IMAGE_ENCODERS[backbone]
+    image = _image_encoder(encoder, pretrained, image_size)
     return Backbone(
-        name="paper",
+        name=backbone,
         image_encoder=image,
         text_encoder=BertTextEncoder(text_model),
         tokenizer=HFTokenizer(tokenizer, MAX_TOKENS),
         image_size=image_size,
         image_dim=image.num_features,
         # The weight files themselves, hashed: two checkpoints never share an id in records and caches.
-        weights_id=paper_weights_id(cache_dir) if pretrained else "random",
+        weights_id=paper_weights_id(cache_dir, backbone) if pretrained else "random",
+        info={"image_encoder": encoder.timm_name},
     )
+
+
+def _image_encoder(encoder: PaperImageEncoder, pretrained: bool, image_size: int) -> torch.nn.Module:
+    """The timm encoder without its classifier, from local weights only; a ViT's position embeddings are
+    resampled to ``image_size`` (timm does it when the size differs from the checkpoint's)."""
+    import timm
+
+    kwargs = {"num_classes": 0, "global_pool": encoder.global_pool}
+    if encoder.timm_name.startswith("vit_"):
+        kwargs["img_size"] = image_size
+    weights_file = os.environ.get(encoder.weights_env)
+    if pretrained and weights_file:
+        if not Path(weights_file).is_file():
+            raise WeightsError(f"{encoder.weights_env}={weights_file} is not a file; point it at a "
+                               f"{encoder.timm_name} checkpoint.")
+        kwargs["pretrained_cfg_overlay"] = {"file": weights_file}
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return timm.create_model(encoder.timm_name, pretrained=pretrained, **kwargs)
+    except Exception as exc:  # timm raises hub/OS/key errors of several kinds when weights are absent or wrong
+        raise WeightsError(
+            f"cannot load pretrained {encoder.timm_name} weights locally ({exc.__class__.__name__}: {str(exc)[:300]}). "
+            f"Put them in the Hugging Face cache or set {encoder.weights_env} to a {encoder.timm_name} checkpoint file."
+        ) from None
