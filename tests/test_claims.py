@@ -58,3 +58,13 @@ def test_claims_files_are_written_only_with_comparisons_and_names_are_escaped(tm
     for rec in _rows("random", [20.0, 21.0]):  # random alone: no claim has both sides
         rec.save(tmp_path / "s")
     assert not [p for p in write_leaderboards(tmp_path / "s", plots=False) if "claims" in p.name]
+
+
+def test_the_page_shows_the_claims_escaped(tmp_path):
+    from mmdd_bench.reports.html import write_page
+    from mmdd_bench.reports.leaderboard import leaderboard
+
+    frame = records_frame(_rows("covmatch", [30.0, 31.0], backbone="<b>") + _rows("random", [20.0, 21.0], backbone="<b>"))
+    page = write_page(tmp_path, leaderboard(frame), {}, [], claims=claims_table(frame)).read_text()
+    assert "The papers' claims" in page and "&lt;b&gt;" in page and "<b>" not in page.split("<body>")[1]
+    assert "CovMatch beats every baseline at every size" in page and "not measured" in page

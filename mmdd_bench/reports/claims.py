@@ -120,23 +120,34 @@ def verdict(part: pd.DataFrame) -> str:
     return "not shown"
 
 
-def claims_markdown(table: pd.DataFrame, dataset: str, backbone: str) -> str:
-    """Per claim: its verdict, how many comparisons hold, and the weakest comparison."""
+CLAIMS_NOTE = ("Each comparison is a gain in r_mean paired by seed [95% bootstrap interval]. A claim holds when every "
+               "comparison's interval is above 0, fails when one is below 0, and is not shown otherwise.")
+SUMMARY_HEADER = ["claim", "verdict", "comparisons above 0", "weakest comparison"]
+
+
+def claims_summary(table: pd.DataFrame, dataset: str, backbone: str) -> list[list[str]]:
+    """Per claim (plain text cells): its verdict, how many comparisons hold, and the weakest comparison."""
     mine = table[(table["dataset"] == dataset) & (table["backbone"] == backbone)]
-    lines = [f"# The papers' claims: {md_cell(dataset)} / backbone {md_cell(backbone)}", "",
-             "Each comparison is a gain in r_mean paired by seed [95% bootstrap interval]. A claim holds when every "
-             "comparison's interval is above 0, fails when one is below 0, and is not shown otherwise.", "",
-             "| claim | verdict | comparisons above 0 | weakest comparison |", "|---|---|---|---|"]
+    rows = []
     for claim in CLAIMS:
         part = mine[mine["claim"] == claim]
         if part.empty:
-            lines.append(f"| {claim} | not measured | 0 / 0 | |")
+            rows.append([claim, "not measured", "0 / 0", ""])
             continue
         above = int(((part["gain_ci_low"] > 0) & part["gain_ci_low"].notna()).sum())
         weakest = part.loc[part["gain"].idxmin()]
         cell = gain_cell(weakest["gain"], weakest["gain_ci_low"], weakest["gain_ci_high"])
-        lines.append(f"| {claim} | {verdict(part)} | {above} / {len(part)} | {md_cell(weakest['comparison'])} "
-                     f"({md_cell(weakest['protocol'])}): {cell} |")
+        rows.append([claim, verdict(part), f"{above} / {len(part)}",
+                     f"{weakest['comparison']} ({weakest['protocol']}): {cell}"])
+    return rows
+
+
+def claims_markdown(table: pd.DataFrame, dataset: str, backbone: str) -> str:
+    """The summary, then every comparison."""
+    mine = table[(table["dataset"] == dataset) & (table["backbone"] == backbone)]
+    lines = [f"# The papers' claims: {md_cell(dataset)} / backbone {md_cell(backbone)}", "", CLAIMS_NOTE, "",
+             "| " + " | ".join(SUMMARY_HEADER) + " |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in claims_summary(table, dataset, backbone)]
     lines += ["", "## Every comparison", "", "| claim | comparison | protocol | gain | seeds |", "|---|---|---|---|---|"]
     for _, r in mine.iterrows():
         lines.append(f"| {r['claim']} | {md_cell(r['comparison'])} | {md_cell(r['protocol'])} | "
@@ -144,4 +155,5 @@ def claims_markdown(table: pd.DataFrame, dataset: str, backbone: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CLAIMS", "CLAIMS_COLUMNS", "claims_markdown", "claims_table", "verdict"]
+__all__ = ["CLAIMS", "CLAIMS_COLUMNS", "CLAIMS_NOTE", "SUMMARY_HEADER", "claims_markdown", "claims_summary", "claims_table",
+           "verdict"]

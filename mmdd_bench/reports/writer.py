@@ -150,8 +150,8 @@ def write_reports(results_dir: Path, html: bool = False, data_root: str | None =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the leaderboards above already warned about the same records
         frame = records_frame(records)
-        board, aids = leaderboard(frame), aids_table(frame)
-    written += [*galleries.values(), write_page(results_dir, board, galleries, notes, aids)]
+        board, aids, claims = leaderboard(frame), aids_table(frame), claims_table(frame)
+    written += [*galleries.values(), write_page(results_dir, board, galleries, notes, aids, claims)]
     return written
 
 
