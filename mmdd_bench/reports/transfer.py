@@ -22,7 +22,8 @@ TRANSFER_COLUMNS = ["dataset", "protocol", "size", "method", "variant", "eval_va
 TRANSFER_NOTE = ("Rows: the backbone that distilled the sets; columns: the backbone that scored them (the diagonal: "
                  "each backbone's own sets). Each cell: r_mean [95% interval over seeds], and the gain over random "
                  "under the scoring backbone (its own random subsets, paired by seed [95% CI]; ~ when the interval "
-                 "contains 0).")
+                 "contains 0). A blank cell: no record of those sets scored with that backbone under that protocol "
+                 "(a transfer evaluation scores a set under its method's own protocol).")
 
 
 def transfer_matrix(board: pd.DataFrame) -> pd.DataFrame:
