@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--datasets", type=_csv(), default=None, help="default: shapes")
         p.add_argument("--sizes", type=_csv(int), default=None, help="default: 50,100")
         p.add_argument("--seeds", type=_csv(int), default=None, help="default: 0")
-        p.add_argument("--backbone", default=None, help="paper | paper-nfresnet50 | paper-vit | tiny | tiny-vit | clip-<model>[@tag] (default: per dataset)")
+        p.add_argument("--backbone", default=None, help="paper | paper-nfresnet50 | paper-vit | tiny | tiny-vit | tiny-scenes | clip-<model>[@tag] (default: per dataset)")
         p.add_argument("--protocol", type=_csv(), default=None,
                        help="auto (each method's own; the default) | all (every protocol that reads the set) | "
                             "trainable-text | frozen-text | frozen-text-mtt | frozen-encoders, comma-separated")

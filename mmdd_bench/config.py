@@ -244,17 +244,27 @@ def build_experiment(file: ExperimentFile | None, flags: dict[str, Any] | None =
         for layer in (file.model_dump(include=set(Grid.model_fields), exclude_none=True),
                       entry.model_dump(exclude_none=True)):
             grid.update({k: v for k, v in layer.items() if k not in ("set", "cells")})
+        own_methods = list(dict.fromkeys(grid["methods"]))
         grid.update({k: v for k, v in flags.items() if k in Grid.model_fields})
         methods = list(dict.fromkeys(grid["methods"]))
+        if file.runs and "methods" in flags:
+            # In a file of several runs, --methods picks runs' methods instead of replacing them: the runs
+            # differ in sizes, protocols and settings, so `--methods covmatch` means "this file's CovMatch
+            # cells", never CovMatch in every other method's run.
+            methods = [m for m in own_methods if m in flags["methods"]]
+            if not methods:
+                continue
         sets = _merge_sets(file.set, entry.set, flag_sets)
         cells = [*(file.cells or []), *(entry.cells or [])]
-        check_sets(sets, methods, f"{where} set" if where else "", grid["datasets"][0], grid["sizes"][0])
+        # Checked against the run's own methods: a --methods pick leaves the file's other settings valid.
+        checked = own_methods if file.runs and "methods" in flags else methods
+        check_sets(sets, checked, f"{where} set" if where else "", grid["datasets"][0], grid["sizes"][0])
         overrides = []
         for k, cell in enumerate(cells):
             # the command line wins over the file's per-cell values too
             cell_sets = {scope: {n: v for n, v in values.items() if n not in flag_sets.get(scope, {})}
                          for scope, values in cell.set.items()}
-            check_sets(cell_sets, methods, f"{where} cells[{k}].set", cell.dataset or grid["datasets"][0],
+            check_sets(cell_sets, checked, f"{where} cells[{k}].set", cell.dataset or grid["datasets"][0],
                        cell.size or grid["sizes"][0])
             overrides.append(CellOverride(cell.dataset, cell.size, {s: v for s, v in cell_sets.items() if v}))
         runs.append(RunConfig(
@@ -265,6 +275,9 @@ def build_experiment(file: ExperimentFile | None, flags: dict[str, Any] | None =
             retry_failed=bool(opts.get("retry_failed", False)), debug=bool(grid.get("debug", False)),
             lock_timeout_s=float(opts.get("lock_timeout", 6 * 3600.0)),
             deterministic=bool(grid.get("deterministic", False)), cell_overrides=overrides))
+    if not runs:
+        raise UsageError(f"{source}: none of its runs has any of --methods {','.join(flags['methods'])} (its methods: "
+                         f"{', '.join(dict.fromkeys(m for e in entries for m in (e.methods or file.methods or [])))}).")
     slurm = file.slurm or SlurmOptions()
     if flags.get("slurm"):
         slurm = slurm.model_copy(update=flags["slurm"])

@@ -10,6 +10,7 @@ import yaml
 from mmdd_bench.cli import main
 from mmdd_bench.config import build_experiment, load_experiment
 from mmdd_bench.dryrun import planner_for
+from mmdd_bench.errors import UsageError
 from mmdd_bench.plan import Planner, RunConfig
 from mmdd_bench.reports.published import published_results
 from mmdd_bench.resources import Resources
@@ -178,3 +179,26 @@ def test_dry_run_json_of_a_preset_lists_cells_with_unknown_ids(cache_dir, tmp_pa
     assert len(out["cells"]) == 4 * 3 * 2 * 3 and out["unknown"]  # methods x sizes x datasets x seeds
     assert all(c["action"] == "unknown" and c["evals"][0]["run_id"] is None for c in out["cells"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_methods_flag_picks_from_each_run_of_a_file_of_runs(cache_dir, tmp_path):
+    """`--methods covmatch` on a file of runs means that file's CovMatch cells: a run of other methods is dropped,
+    never turned into CovMatch at its sizes (the sizes of random's own run, say)."""
+    path = tmp_path / "exp.yaml"
+    path.write_text("datasets: [shapes-mini]\nsizes: [4]\nruns:\n"
+                    "  - {methods: [random, covmatch]}\n"
+                    "  - {methods: [random], sizes: [8, 16]}\n"
+                    "  - {methods: [covmatch], set: {covmatch: {online_update: false}}}\n")
+    runs = build_experiment(load_experiment(path), {"results": str(tmp_path), "methods": ["covmatch"]},
+                            cache_dir=cache_dir).runs
+    assert [(r.methods, r.sizes) for r in runs] == [(["covmatch"], [4]), (["covmatch"], [4])]
+    (random_only,) = build_experiment(load_experiment(path), {"results": str(tmp_path), "methods": ["random"],
+                                                              "sizes": [8]}, cache_dir=cache_dir).runs[1:]
+    assert (random_only.methods, random_only.sizes) == (["random"], [8])  # other flags still override
+    with pytest.raises(UsageError, match="none of its runs has any of --methods herding"):
+        build_experiment(load_experiment(path), {"results": str(tmp_path), "methods": ["herding"]}, cache_dir=cache_dir)
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("methods: [random]\ndatasets: [shapes-mini]\nsizes: [4]\n")
+    (run,) = build_experiment(load_experiment(flat), {"results": str(tmp_path), "methods": ["herding"]},
+                              cache_dir=cache_dir).runs
+    assert run.methods == ["herding"]  # a flat file: flags override, as before

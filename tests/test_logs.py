@@ -1,5 +1,6 @@
 """Logs without a terminal: plain progress lines (what, done/total, rate, ETA) instead of live bars."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -69,8 +70,7 @@ def test_the_tiny_encoders_pretraining_reports_progress(tmp_path, monkeypatch):
     """The fallback path (MMDD_BENCH_TINY_PRETRAIN=1), shrunk to a few batches."""
     from mmdd_bench.encoders import tiny
 
-    monkeypatch.setattr(tiny, "PRETRAIN_IMAGES", 300)
-    monkeypatch.setattr(tiny, "PRETRAIN_EPOCHS", 1)
+    monkeypatch.setitem(tiny.IMAGE_TOWERS, "tiny", dataclasses.replace(tiny.IMAGE_TOWERS["tiny"], images=300, epochs=1))
     calls = []
     tiny.pretrained_image_encoder(tmp_path, progress=lambda what, done, total: calls.append((what, done, total)))
     drawn = [c for c in calls if c[0] == "drawing pretraining scenes"]

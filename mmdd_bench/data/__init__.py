@@ -1,4 +1,5 @@
-"""Datasets by name: ``shapes`` (embedded, generated on first use), ``shapes-mini``, ``flickr30k``, ``coco``."""
+"""Datasets by name: the embedded ``shapes`` and ``scenes`` (generated on first use, each with a ``-mini`` variant
+for smoke tests), ``flickr30k``, ``coco``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 
 from ..errors import DataError, UsageError
 from ..progress import ProgressFn
+from . import scenes, shapes
 from .karpathy import load_retrieval_split, load_train_split
-from .shapes import SHAPES_CONFIGS, ensure_generated
+from .scenes import SCENES_CONFIGS
+from .shapes import SHAPES_CONFIGS
 from .splits import Dataset, RetrievalSplit, TrainSplit
 from .validate import structural_warnings
 
@@ -17,10 +20,24 @@ from .validate import structural_warnings
 DATASETS = {
     "shapes": ("shapes", "tiny", "embedded synthetic scenes, 5000 train / 500 val / 1000 test images x 5 captions"),
     "shapes-mini": ("shapes", "tiny", "a smaller embedded set for smoke tests (400 / 100 / 200 images)"),
+    "scenes": ("scenes", "tiny-scenes", "embedded scenes whose captions depend on binding and word order, "
+               "5000 train / 1000 val / 1000 test images x 5 captions"),
+    "scenes-mini": ("scenes", "tiny-scenes", "a smaller scenes set for smoke tests (400 / 100 / 200 images)"),
     "flickr30k": ("flickr30k", "paper", "Flickr30K, Karpathy split (29k / 1k / 1k images)"),
     "coco": ("coco_karpathy", "paper", "MS-COCO, Karpathy split (113k / 5k / 5k images)"),
 }
-EMBEDDED = {"shapes", "shapes-mini"}
+# Embedded datasets: name -> the generator that writes it into the cache on first use.
+GENERATORS = {**{name: shapes.ensure_generated for name in SHAPES_CONFIGS},
+              **{name: scenes.ensure_generated for name in SCENES_CONFIGS}}
+EMBEDDED = set(GENERATORS)
+EMBEDDED_CONFIGS = {**SHAPES_CONFIGS, **SCENES_CONFIGS}
+
+
+def generated_folder(name: str, cache_dir: Path) -> tuple[Path, Path]:
+    """Where an embedded dataset is (or will be) generated, and the file whose presence says it is complete."""
+    prefix = DATASETS[name][0]
+    folder = Path(cache_dir) / "datasets" / f"{prefix}-{EMBEDDED_CONFIGS[name].key()}"
+    return folder, folder / "annotations" / f"{prefix}_test.json"
 
 
 def resolve_data_root(data_root: str | Path | None) -> Path:
@@ -37,7 +54,7 @@ def dataset_dir(name: str, data_root: str | Path | None, cache_dir: Path, progre
     if name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}.")
     if name in EMBEDDED:
-        return ensure_generated(name, cache_dir, progress)
+        return GENERATORS[name](name, cache_dir, progress)
     folder = resolve_data_root(data_root) / name
     if not folder.is_dir():
         raise DataError(f"dataset folder {folder} is missing; expected {folder}/annotations/*.json and its images.")
@@ -56,7 +73,7 @@ def load_dataset(name: str, data_root: str | Path | None, cache_dir: Path, progr
         val=load_retrieval_split(ann / f"{prefix}_val.json", folder, cache_dir),
         test=load_retrieval_split(ann / f"{prefix}_test.json", folder, cache_dir),
         default_backbone=backbone,
-        # Shapes captions name left/right; flipping would contradict them.
+        # Embedded captions name left/right; flipping would contradict them.
         hflip=name not in EMBEDDED,
         info={"description": description},
     )
@@ -65,4 +82,5 @@ def load_dataset(name: str, data_root: str | Path | None, cache_dir: Path, progr
     return ds
 
 
-__all__ = ["DATASETS", "Dataset", "RetrievalSplit", "SHAPES_CONFIGS", "TrainSplit", "load_dataset"]
+__all__ = ["DATASETS", "EMBEDDED", "EMBEDDED_CONFIGS", "generated_folder", "Dataset", "RetrievalSplit", "SCENES_CONFIGS", "SHAPES_CONFIGS", "TrainSplit",
+           "load_dataset"]

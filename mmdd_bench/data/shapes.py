@@ -10,17 +10,14 @@ partial descriptions: retrieval among 1000 test images has hard negatives and le
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 from PIL import Image, ImageDraw
 
 from ..progress import ProgressFn
+from .generated import ensure_folder
 
 GENERATOR_VERSION = "1"
 SHAPES = ["circle", "square", "triangle", "cross", "diamond"]
@@ -185,23 +182,11 @@ def _write_split(out: Path, split: str, n: int, cfg: ShapesConfig, stream: int,
 def ensure_generated(name: str, cache_dir: Path, progress: ProgressFn | None = None) -> Path:
     """Generate the dataset once under the cache (atomically: a temp folder renamed into place)."""
     cfg = SHAPES_CONFIGS[name]
-    target = cache_dir / "datasets" / f"shapes-{cfg.key()}"
-    if (target / "annotations" / "shapes_test.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / "annotations" / "shapes_test.json").is_file():
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-shapes-", dir=target.parent))
-        try:
-            (tmp / "annotations").mkdir()
-            (tmp / "images").mkdir()
-            for stream, (split, n) in enumerate([("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)]):
-                _write_split(tmp, split, n, cfg, stream, progress, f"generating {name} {split} images")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    def build(tmp: Path) -> None:
+        (tmp / "annotations").mkdir()
+        (tmp / "images").mkdir()
+        for stream, (split, n) in enumerate([("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)]):
+            _write_split(tmp, split, n, cfg, stream, progress, f"generating {name} {split} images")
+
+    return ensure_folder(cache_dir / "datasets" / f"shapes-{cfg.key()}", "annotations/shapes_test.json", build)

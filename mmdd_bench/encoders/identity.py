@@ -24,7 +24,7 @@ from .towers import text_tower_of
 
 BERT_NAME = "bert-base-uncased"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what transformers and timm load, in their order
-TINY_FAMILY = ("tiny", "tiny-vit")  # the embedded backbones (encoders/tiny.py): one text tower, two image encoders
+TINY_FAMILY = ("tiny", "tiny-vit", "tiny-scenes")  # the embedded backbones (encoders/tiny.py): one text tower
 
 
 @dataclass(frozen=True)

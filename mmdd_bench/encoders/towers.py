@@ -18,6 +18,7 @@ from __future__ import annotations
 TEXT_FAMILIES = {
     "tiny": "minilm/mean-pool/32-tokens",  # encoders/tiny.py: the first layers of all-MiniLM-L6-v2
     "tiny-vit": "minilm/mean-pool/32-tokens",  # the very same text tower as tiny's
+    "tiny-scenes": "minilm/mean-pool/32-tokens",
     "paper": "bert/cls/32-tokens",  # encoders/paper.py: bert-base-uncased, CLS token
     "paper-nfresnet50": "bert/cls/32-tokens",  # paper's very text tower, another image encoder
     "paper-vit": "bert/cls/32-tokens",

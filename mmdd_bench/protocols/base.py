@@ -87,6 +87,8 @@ class EvalResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     aids: list[str] = field(default_factory=list)  # what the evaluation handed the students (protocols/aids.py)
+    # ``evaluate(also_score=...)``: the same final students scored on other splits (split -> one dict each)
+    other_splits: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
 def summarize(per_student: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float | None]]:
@@ -250,7 +252,10 @@ class Protocol:
         return "together", "torch.func.vmap over the stacked students"
 
     def evaluate(self, distilled: DistilledSet, dataset: Dataset, backbone: Backbone, params: EvalParams,
-                 seed: int, device: torch.device, cache_dir, progress: ProgressFn | None = None) -> EvalResult:
+                 seed: int, device: torch.device, cache_dir, progress: ProgressFn | None = None,
+                 also_score: tuple[str, ...] = ()) -> EvalResult:
+        """Train the students on the set and score them on test; ``also_score`` names other splits (``val``)
+        to score the very same students on (calibration measures val and test from one training)."""
         params = self.resolve_params(params, backbone)
         self.check_compatible(distilled, backbone)
         start = time.perf_counter()
@@ -296,9 +301,15 @@ class Protocol:
                     progress=(lambda d, t, k=k: progress(f"student {k + 1}/{params.n_students}", d, t)) if progress else None,
                     loss=loss, dim=backbone.projection_dim))
         per_student = [self.score(m, dataset.test, test_images, backbone, device, cache) for m in models]
+        other: dict[str, list[dict[str, float]]] = {}
+        for name in also_score:
+            split = {"val": dataset.val, "test": dataset.test}[name]
+            store = val_images if name == "val" and val_images is not None else ImageStore(
+                split.image_paths, backbone.image_size, cache_dir, split.fingerprint, backbone.mean, backbone.std)
+            other[name] = [self.score(m, split, store, backbone, device, cache) for m in models]
         mean, std = summarize(per_student)
         return EvalResult(per_student, mean, std, asdict(params), selected, lrs,
-                          time.perf_counter() - start, notes, used)
+                          time.perf_counter() - start, notes, used, other)
 
     def aids_used(self, distilled: DistilledSet, params: EvalParams, lrs: dict[str, float],
                   loss: StudentLoss | None) -> list[str]:

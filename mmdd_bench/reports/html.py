@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..records import RunRecord, atomic_write_text
 from .aids import AIDS_HEADER, AIDS_NOTE, aids_rows
+from .claims import CLAIMS_NOTE, SUMMARY_HEADER, claims_summary
 from .leaderboard import DETERMINISTIC_NOTE, MARKDOWN_COLUMNS, display_rows, own
 from .matrix import MATRIX_NOTE, matrix_tables, protocol_matrix, published_protocol_share
 from .names import group_stem
@@ -91,6 +92,20 @@ def _aids_sections(aids: pd.DataFrame | None) -> list[str]:
     return [f"<h2>Evaluation aids</h2><p class=\"note\">{_escape(AIDS_NOTE)}</p>", *parts]
 
 
+def _claims_sections(claims: pd.DataFrame | None) -> list[str]:
+    """The papers' claims per (dataset, backbone), where the records allow any comparison."""
+    if claims is None or claims.empty:
+        return []
+    parts = []
+    for (ds, bb), _ in claims.groupby(["dataset", "backbone"], sort=True):
+        head = "".join(f"<th>{_escape(c)}</th>" for c in SUMMARY_HEADER)
+        body = "".join("<tr>" + "".join(f"<td>{_escape(c)}</td>" for c in row) + "</tr>"
+                       for row in claims_summary(claims, ds, bb))
+        parts.append(f"<h3>{_escape(ds)} / backbone {_escape(bb)}</h3>"
+                     f"<table class=\"claims\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return [f"<h2>The papers' claims</h2><p class=\"note\">{_escape(CLAIMS_NOTE)}</p>", *parts]
+
+
 def missing_published(board: pd.DataFrame) -> pd.DataFrame:
     """Published paper-setting rows with no measured row of the same dataset, protocol, method and size."""
     pub = published_results().dropna(subset=["size"])
@@ -102,7 +117,7 @@ def missing_published(board: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_page(results_dir: Path, board: pd.DataFrame, galleries: dict[tuple[str, str, str], Path],
-               notes: list[str], aids: pd.DataFrame | None = None) -> Path:
+               notes: list[str], aids: pd.DataFrame | None = None, claims: pd.DataFrame | None = None) -> Path:
     out = results_dir / "index.html"
     parts = ["<!doctype html><html><head><meta charset=\"utf-8\"><title>mmdd-bench results</title>"
              f"<style>{STYLE}</style></head><body>",
@@ -122,6 +137,7 @@ def write_page(results_dir: Path, board: pd.DataFrame, galleries: dict[tuple[str
     parts += _matrix_sections(board)
     parts += _transfer_sections(board)
     parts += _aids_sections(aids)
+    parts += _claims_sections(claims)
     if galleries:
         parts.append("<h2>Distilled sets</h2>")
         for (ds, bb, method), path in sorted(galleries.items()):

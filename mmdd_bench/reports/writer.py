@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import MMDDError
 from ..records import RunRecord, atomic_write_text, read_records
 from .aids import aids_markdown, aids_table
+from .claims import claims_markdown, claims_table
 from .leaderboard import leaderboard, published_markdown, records_frame, to_markdown
 from .matrix import matrix_markdown, protocol_matrix, published_share_markdown
 from .names import confined, group_stem
@@ -45,6 +46,21 @@ def write_leaderboards(results_dir: Path, plots: bool = True, records: list[RunR
     written += write_protocol_matrices(out_dir, board)
     written += write_transfer_matrices(out_dir, board)
     written += write_aids_tables(out_dir, aids_table(frame))
+    written += write_claims(out_dir, claims_table(frame))
+    return written
+
+
+def write_claims(out_dir: Path, table) -> list[Path]:
+    """``claims.csv`` and per (dataset, backbone) ``<dataset>__<backbone>.claims.md``, where the records allow any
+    comparison of the papers' claims (nothing otherwise)."""
+    if table.empty:
+        return []
+    written = [confined(out_dir, "claims.csv")]
+    atomic_write_text(written[0], table.to_csv(index=False))
+    for (ds, bb), _ in table.groupby(["dataset", "backbone"], sort=True):
+        path = confined(out_dir, f"{group_stem(ds, bb)}.claims.md")
+        atomic_write_text(path, claims_markdown(table, ds, bb))
+        written.append(path)
     return written
 
 
@@ -134,8 +150,8 @@ def write_reports(results_dir: Path, html: bool = False, data_root: str | None =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the leaderboards above already warned about the same records
         frame = records_frame(records)
-        board, aids = leaderboard(frame), aids_table(frame)
-    written += [*galleries.values(), write_page(results_dir, board, galleries, notes, aids)]
+        board, aids, claims = leaderboard(frame), aids_table(frame), claims_table(frame)
+    written += [*galleries.values(), write_page(results_dir, board, galleries, notes, aids, claims)]
     return written
 
 
