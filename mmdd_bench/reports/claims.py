@@ -100,7 +100,9 @@ def claims_table(frame: pd.DataFrame) -> pd.DataFrame:
                 continue
             gain, low, high = paired_gain(a, b)
             rows.append({"dataset": dataset, "backbone": backbone, "claim": claim,
-                         "comparison": f"{better.label()} vs {worse.label()}", "protocol": better.protocol,
+                         "comparison": f"{better.label()} vs {worse.label()}",
+                         "protocol": better.protocol if better.protocol == worse.protocol
+                         else f"{better.protocol} vs {worse.protocol}",
                          "gain": gain, "gain_ci_low": low, "gain_ci_high": high, "n_seeds": len(set(a) & set(b))})
     return pd.DataFrame(rows, columns=CLAIMS_COLUMNS)
 
