@@ -121,7 +121,7 @@ def test_embeddings_transfer_between_tiny_and_tiny_vit_and_are_refused_elsewhere
     assert vit.text_tower_id in message  # what was expected
     assert "--backbone paper" in message and "distil the set again" in message  # what to do
     pretrained_elsewhere = _embedding_set("tiny:tiny-convnet-v1-n10000-e6-s0-0123456789ab+all-MiniLM-L6-v2[:2]")
-    with pytest.raises(UsageError, match="share a text tower.*or another backbone with its text tower \\(tiny, tiny-vit\\)"):
+    with pytest.raises(UsageError, match="share a text tower.*or another backbone with its text tower \\(tiny, tiny-vit, tiny-scenes\\)"):
         check_text(pretrained_elsewhere, tiny)
 
 
@@ -347,7 +347,11 @@ def test_the_transfer_preset_is_the_script_and_plans(cache_dir, tmp_path):
     file = load_experiment(root / "configs" / "shapes-transfer.yaml")
     embedded = load_experiment(root / "configs" / "shapes-embedded.yaml")
     grid = {m for run in embedded.runs for m in run.methods} - {"full-data"}
-    assert set(file.methods) == grid and file.backbone == "tiny-vit" and file.sizes == [100] and file.seeds == [0, 1, 2]
+    assert {m for run in file.runs for m in run.methods} == grid
+    assert file.backbone == "tiny-vit" and file.sizes == [100] and file.seeds == [0, 1, 2]
+    # random under every protocol the matrix's methods are scored under: each cell's gain has its random
+    (random_run,) = [run for run in file.runs if run.methods == ["random"]]
+    assert set(random_run.protocols) == {"trainable-text", "frozen-text", "frozen-text-mtt"}
     assert main(["run", "--config", str(root / "configs" / "shapes-transfer.yaml"), "--dry-run", "--json",
                  "--results", str(tmp_path), "--cache-dir", str(cache_dir)]) == 0
 
