@@ -50,32 +50,28 @@ def write_leaderboards(results_dir: Path, plots: bool = True, records: list[RunR
     return written
 
 
-def write_claims(out_dir: Path, table) -> list[Path]:
-    """``claims.csv`` and per (dataset, backbone) ``<dataset>__<backbone>.claims.md``, where the records allow any
-    comparison of the papers' claims (nothing otherwise)."""
+def write_per_dataset_tables(out_dir: Path, table, name: str, markdown) -> list[Path]:
+    """``<name>.csv`` with every row and per (dataset, backbone) ``<dataset>__<backbone>.<name>.md`` from
+    ``markdown(table, dataset, backbone)``; nothing for an empty table."""
     if table.empty:
         return []
-    written = [confined(out_dir, "claims.csv")]
+    written = [confined(out_dir, f"{name}.csv")]
     atomic_write_text(written[0], table.to_csv(index=False))
     for (ds, bb), _ in table.groupby(["dataset", "backbone"], sort=True):
-        path = confined(out_dir, f"{group_stem(ds, bb)}.claims.md")
-        atomic_write_text(path, claims_markdown(table, ds, bb))
+        path = confined(out_dir, f"{group_stem(ds, bb)}.{name}.md")
+        atomic_write_text(path, markdown(table, ds, bb))
         written.append(path)
     return written
+
+
+def write_claims(out_dir: Path, table) -> list[Path]:
+    """The claims table, where the records allow any comparison of the papers' claims."""
+    return write_per_dataset_tables(out_dir, table, "claims", claims_markdown)
 
 
 def write_aids_tables(out_dir: Path, table) -> list[Path]:
-    """``aids.csv`` and per (dataset, backbone) ``<dataset>__<backbone>.aids.md``, where any method was scored with
-    and without aids (nothing otherwise)."""
-    if table.empty:
-        return []
-    written = [confined(out_dir, "aids.csv")]
-    atomic_write_text(written[0], table.to_csv(index=False))
-    for (ds, bb), _ in table.groupby(["dataset", "backbone"], sort=True):
-        path = confined(out_dir, f"{group_stem(ds, bb)}.aids.md")
-        atomic_write_text(path, aids_markdown(table, ds, bb))
-        written.append(path)
-    return written
+    """The aids table, where any method was scored with and without aids."""
+    return write_per_dataset_tables(out_dir, table, "aids", aids_markdown)
 
 
 def write_protocol_matrices(out_dir: Path, board) -> list[Path]:
