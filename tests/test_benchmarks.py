@@ -60,7 +60,11 @@ def test_efficiency_counts_positive_flops_and_writes_its_section(tmp_path, cache
         assert report["protocols"][name]["flops_per_student_epoch"] > 0
     assert report["protocols"]["frozen-text"]["together_s"] > 0  # heads over fixed features: vmappable
     assert report["protocols"]["trainable-text"]["together_s"] is None  # the text encoder trains: sequential
+    parts = report["together_parts"]  # the measured reason for the together target: conv and matmul parts
+    assert len(parts) == 2 and all(r[k] > 0 for r in parts.values() for k in ("one_by_one_s", "together_s",
+                                                                              "one_model_big_batch_s"))
     subprocess.run([*cmd[:2], "--from-json", str(results / "efficiency-cpu.json"), "--markdown", str(md)],
                    check=True, env=env)
     text = md.read_text()
     assert text.count("## Efficiency") == 1 and "kept" in text and "| covmatch |" in text
+    assert "Why together misses its target here" in text and "| image tower (tiny CNN: convolutions) |" in text

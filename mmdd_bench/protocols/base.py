@@ -244,7 +244,12 @@ class Protocol:
         n_students small kernels into one, while on CPUs the sequential loop is faster (measured in
         BENCHMARKS.md: a vmapped convolution with per-student weights lowers to a grouped convolution)."""
         if data.text_features is None:
-            return "one-by-one", "the text encoder trains, and Hugging Face encoders cannot be vmapped (data-dependent control flow)"
+            # Measured with transformers 5.24: vmap refuses a BERT forward given a padding mask (its mask builder
+            # branches on the mask's values, masking_utils._ignore_bidirectional_mask_sdpa); a pre-built additive
+            # 4-D mask vmaps (max difference 1e-6), but the tower's own dropout draws from torch's global stream,
+            # so stacked students could not get the masks the sequential loop gives them.
+            return "one-by-one", ("the text encoder trains: its dropout (inside Hugging Face's layers, from torch's "
+                                  "global stream) cannot be matched under vmap")
         if params.selection != "final":
             return "one-by-one", "selection on val keeps each student's best epoch"
         if params.students == "one-by-one" or (params.students == "auto" and device.type != "cuda"):
