@@ -13,7 +13,7 @@ BACKBONE_NAMES = {
     **{name: encoder.description for name, encoder in PAPER_IMAGE_ENCODERS.items()},
     "tiny": "small CNN pretrained on shapes attributes + 1-layer all-MiniLM-L6-v2; runs on 2 CPU cores",
     "tiny-vit": "small ViT pretrained like tiny's CNN + tiny's very text tower (sets transfer between the two); 2 CPU cores",
-    "tiny-scenes": "tiny's CNN pretrained on per-cell attributes of scenes images + tiny's text tower; scenes' default",
+    "tiny-scenes": "tiny's CNN pretrained on per-cell attributes of scenes images + all six layers of all-MiniLM-L6-v2 (mean-pooled); scenes' default",
     "clip-<model>[@tag]": "an open_clip model's image and text towers, e.g. clip-ViT-B-32@openai",
 }
 

@@ -112,7 +112,7 @@ IMAGE_TOWERS = {
     "tiny-scenes": ImageTower("tiny-scenes", TinyConvNet, f"tiny-scenes-convnet-v{PRETRAIN_VERSION}",
                               "8379e96d6e027de9778acace0a317d9b69da3a7420202af151383e5687ede9a7",
                               "tiny's CNN pretrained on which shape, colour and size sits in each cell of scenes "
-                              "images + tiny's text tower; the scenes dataset's default; 2 CPU cores",
+                              "images + all six MiniLM layers; the scenes dataset's default; 2 CPU cores",
                               pretraining="scenes", images=20000, epochs=8),
 }
 
