@@ -342,9 +342,13 @@ def _tiny_weights_sha(tiny) -> str:
 
 # Recorded with the code before this augmentation (commit d0f6a9c) on the project's CPU machine, whose
 # pretrained tiny image encoder hashes TINY_SHA: the same short runs must give the same bytes now.
+# Float kernels differ across CPU kinds (oneDNN picks per microarchitecture), so each pin holds one digest per kind
+# it was recorded on, each from code whose numbers were checked: the Intel machines of the earlier sessions
+# (from the code before), and AMD EPYC with AVX512 (recorded 2026-12-02 from commit 2ecc7b9, the last that
+# passed the Intel pins). Any change to the numbers gives a digest in neither.
 TINY_SHA = "fad9c42e5ba80063"
-COVMATCH_SHA = "d8983038d2a75435"
-EXPERT_SHA = "898cfefc3100fb49"
+COVMATCH_SHAS = {"d8983038d2a75435", "7dbe37c65f333163"}
+EXPERT_SHAS = {"898cfefc3100fb49", "4369b123d65dad19"}
 
 
 def _first_caption_pairs(train, size, rng):
@@ -366,7 +370,7 @@ def test_covmatch_and_experts_on_shapes_mini_are_bit_identical_to_before(mini, t
 
     monkeypatch.setattr(covmatch, "initial_pairs", _first_caption_pairs)
 
-    # The tiny encoder ships with the package (pinned sha256), so the pins hold on every machine.
+    # The tiny encoder ships with the package (pinned sha256), so the pins hold on every machine of a recorded CPU kind.
     assert _tiny_weights_sha(tiny) == TINY_SHA, "the tiny encoder changed: re-record the pins from the old code"
     m = get_method("covmatch")
     params = apply_overrides(m.default_params(250, "shapes-mini"), {"iterations": 2, "reset_every": 2, "syn_batch": 16})
@@ -374,7 +378,7 @@ def test_covmatch_and_experts_on_shapes_mini_are_bit_identical_to_before(mini, t
     h = hashlib.sha256()
     for x in (distilled.images, distilled.text_embeddings):
         h.update(x.numpy().tobytes())
-    assert h.hexdigest()[:16] == COVMATCH_SHA
+    assert h.hexdigest()[:16] in COVMATCH_SHAS
     experts = ExpertStore(cache_dir, mini, tiny, ExpertSettings(seed=11))
     assert "augment" not in experts.identity  # the embedded experts keep their cache keys
     experts.root = tmp_path / "experts"
@@ -382,7 +386,7 @@ def test_covmatch_and_experts_on_shapes_mini_are_bit_identical_to_before(mini, t
     h = hashlib.sha256()
     for key, value in sorted(experts.snapshot(0, 1).items()):
         h.update(key.encode() + value.numpy().tobytes())
-    assert h.hexdigest()[:16] == EXPERT_SHA
+    assert h.hexdigest()[:16] in EXPERT_SHAS
 
 
 # ---- callers on a real-format dataset ---------------------------------------------------------------------
