@@ -343,9 +343,9 @@ def _tiny_weights_sha(tiny) -> str:
 # Recorded with the code before this augmentation (commit d0f6a9c) on the project's CPU machine, whose
 # pretrained tiny image encoder hashes TINY_SHA: the same short runs must give the same bytes now.
 # Float kernels differ across CPU kinds (oneDNN picks per microarchitecture), so each pin holds one digest per kind
-# it was recorded on, each from code whose numbers were checked: the Intel machines of the earlier sessions
+# it was recorded on, each from code whose numbers were checked: the earlier sessions' machines
 # (from the code before), and AMD EPYC with AVX512 (recorded 2026-12-02 from commit 2ecc7b9, the last that
-# passed the Intel pins). Any change to the numbers gives a digest in neither.
+# passed the earlier pins). Any change to the numbers gives a digest in neither.
 TINY_SHA = "fad9c42e5ba80063"
 COVMATCH_SHAS = {"d8983038d2a75435", "7dbe37c65f333163"}
 EXPERT_SHAS = {"898cfefc3100fb49", "4369b123d65dad19"}

@@ -217,7 +217,7 @@ def test_expert_training_is_bit_identical_to_before_the_shared_epoch_helper(tmp_
     digest = hashlib.sha256()
     for _, v in sorted(store.snapshot(0, 1).items()):
         digest.update(v.numpy().tobytes())
-    # One digest per CPU kind (float kernels differ): Intel (the code before), AMD EPYC AVX512 (commit 2ecc7b9,
-    # which passed the Intel pin). Any change to the numbers gives a digest in neither.
+    # One digest per CPU kind (float kernels differ): the earlier machines (the code before), AMD EPYC AVX512 (2ecc7b9,
+    # which passed the earlier pin). Any change to the numbers gives a digest in neither.
     assert digest.hexdigest() in {"77acf95382a121069ca1d80eeb34ea913ba103252fbfcf51aa22cc5207c1d4a7",
                                   "731f6383434bdfe3a5c22101d932b6677a432b85fd03880b6f0cfdccecf0c407"}
