@@ -18,7 +18,8 @@ from __future__ import annotations
 TEXT_FAMILIES = {
     "tiny": "minilm/mean-pool/32-tokens",  # encoders/tiny.py: the first layers of all-MiniLM-L6-v2
     "tiny-vit": "minilm/mean-pool/32-tokens",  # the very same text tower as tiny's
-    "tiny-scenes": "minilm/mean-pool/32-tokens",
+    # all six MiniLM layers (tiny.TEXT_LAYERS_OF): its own family, so no hint offers it for tiny's one-layer sets
+    "tiny-scenes": "minilm-6-layers/mean-pool/32-tokens",
     "paper": "bert/cls/32-tokens",  # encoders/paper.py: bert-base-uncased, CLS token
     "paper-nfresnet50": "bert/cls/32-tokens",  # paper's very text tower, another image encoder
     "paper-vit": "bert/cls/32-tokens",
