@@ -16,6 +16,7 @@ val (``also_score``), so the test numbers equal what ``mmdd-bench run`` records 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from .data.splits import Dataset
 from .encoders.backbone import Backbone
@@ -77,6 +79,9 @@ class CalibrationConfig:
     protocols: tuple[str, ...] = ("trainable-text", "frozen-text")
     ceiling_seed: int = 0
     eval_overrides: dict[str, Any] = field(default_factory=dict)  # smoke runs only: not a calibration
+    # fnmatch patterns over the entry keys ("trainable-text/random-500/*"): measure only those; empty means all.
+    # Two processes with disjoint patterns share one output file (each save merges under a lock).
+    only: tuple[str, ...] = ()
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -86,15 +91,41 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _same_data(results: dict, dataset: Dataset, backbone: Backbone) -> bool:
+    return (results.get("backbone_weights") == backbone.weights_id
+            and results.get("train_fingerprint") == dataset.train.fingerprint)
+
+
+def _read(out: Path) -> dict:
+    try:
+        return json.loads(out.read_text()) if out.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def _save_merged(out: Path, results: dict, mine: set[str], dataset: Dataset, backbone: Backbone,
+                 config: CalibrationConfig | None = None) -> None:
+    """Write ``results`` to ``out`` keeping the entries another process saved there meanwhile (the ones this
+    run did not measure), so calibrations of disjoint cells can run side by side on one file; with
+    ``config``, the table is recomputed over the merged entries first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        on_disk = _read(out)
+        if _same_data(on_disk, dataset, backbone):
+            for key, entry in on_disk.get("entries", {}).items():
+                if key not in mine:
+                    results["entries"][key] = entry
+        if config is not None:
+            results["table"] = calibration_table(results, config)
+        _write_json(out, results)
+
+
 def run_calibration(config: CalibrationConfig, dataset: Dataset, backbone: Backbone, device: torch.device,
                     cache_dir: Path, out: Path, log: Callable[[str], None] = print) -> dict:
     """Measure every property, saving after each evaluation; an entry already in ``out`` with the same
     parameters and weights is kept, so an interrupted run resumes."""
-    try:
-        results = json.loads(out.read_text()) if out.is_file() else {}
-    except ValueError:
-        results = {}
-    if results.get("backbone_weights") != backbone.weights_id or results.get("train_fingerprint") != dataset.train.fingerprint:
+    results = _read(out)
+    if not _same_data(results, dataset, backbone):
         results = {}
     results.setdefault("entries", {})
     results.update({"dataset": dataset.name, "backbone": backbone.name, "backbone_weights": backbone.weights_id,
@@ -106,6 +137,9 @@ def run_calibration(config: CalibrationConfig, dataset: Dataset, backbone: Backb
              for name in config.protocols]
     cells += [(f"{name}/random-{size}/seed{seed}", "random", name, size, seed)
               for name in config.protocols for size in config.sizes for seed in config.seeds]
+    if config.only:
+        cells = [c for c in cells if any(fnmatch.fnmatchcase(c[0], pattern) for pattern in config.only)]
+    mine: set[str] = set()
     for key, method, protocol, size, seed in cells:
         identity = identity_dict(get_protocol(protocol).resolve_params(
             harness_eval_params(protocol, method, dataset.name, config.eval_overrides), backbone))
@@ -115,11 +149,11 @@ def run_calibration(config: CalibrationConfig, dataset: Dataset, backbone: Backb
         log(f"  {key} ...")
         entries[key] = measure(method, protocol, dataset, backbone, size, seed, device, cache_dir,
                                config.eval_overrides)
+        mine.add(key)
         log(f"  {key}: val r_mean {entries[key]['mean']['val']['r_mean']:.2f}, "
             f"test {entries[key]['mean']['test']['r_mean']:.2f} ({entries[key]['seconds']:.0f} s)")
-        _write_json(out, results)
-    results["table"] = calibration_table(results, config)
-    _write_json(out, results)
+        _save_merged(out, results, mine, dataset, backbone)
+    _save_merged(out, results, mine, dataset, backbone, config)
     return results
 
 

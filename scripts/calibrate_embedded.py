@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=_ints, default=(100, 200, 500))
     ap.add_argument("--seeds", type=_ints, default=(0, 1, 2))
     ap.add_argument("--protocols", default="trainable-text,frozen-text")
+    ap.add_argument("--only", default="", help="comma-separated fnmatch patterns over the entry keys, e.g. "
+                    "'trainable-text/random-500/*': measure only those (runs with disjoint patterns may share --out)")
     ap.add_argument("--quick", action="store_true", help="one-epoch students (a smoke test, not a calibration)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         bb = build_backbone(args.backbone or ds.default_backbone, cache)
         config = CalibrationConfig(dataset=ds.name, backbone=bb.name, sizes=args.sizes, seeds=args.seeds,
                                    protocols=tuple(p for p in args.protocols.split(",") if p),
-                                   eval_overrides={"epochs": 1} if args.quick else {})
+                                   eval_overrides={"epochs": 1} if args.quick else {},
+                                   only=tuple(p for p in args.only.split(",") if p))
         print(f"calibrating {ds.name} with backbone {bb.name} ({bb.weights_id}) on {args.device}; "
               f"torch threads {torch.get_num_threads()}; writing {out}", flush=True)
         results = run_calibration(config, ds, bb, torch.device(args.device), cache, out,

@@ -87,3 +87,19 @@ def test_calibration_resumes_from_its_file(scenes_mini, tiny, cache_dir, tmp_pat
     monkeypatch.setattr(calibration, "measure", no_training)
     again = run_calibration(config, scenes_mini, tiny, torch.device("cpu"), cache_dir, out, log=lambda s: None)
     assert again["entries"] == json.loads(out.read_text())["entries"] == first["entries"]
+
+
+def test_calibrations_of_disjoint_cells_share_one_file(scenes_mini, tiny, cache_dir, tmp_path):
+    """Two runs with disjoint ``only`` patterns (two cores, one file) both keep what the other saved."""
+    out = tmp_path / "cal.json"
+    common = dict(sizes=(4,), seeds=(0,), protocols=("frozen-text",), eval_overrides={"epochs": 1})
+    ceiling = CalibrationConfig("scenes-mini", "tiny", only=("*/full",), **common)
+    randoms = CalibrationConfig("scenes-mini", "tiny", only=("*/random-*",), **common)
+    first = run_calibration(ceiling, scenes_mini, tiny, torch.device("cpu"), cache_dir, out, log=lambda s: None)
+    assert set(first["entries"]) == {"frozen-text/full"}
+    second = run_calibration(randoms, scenes_mini, tiny, torch.device("cpu"), cache_dir, out, log=lambda s: None)
+    saved = json.loads(out.read_text())
+    assert set(saved["entries"]) == set(second["entries"]) == {"frozen-text/full", "frozen-text/random-4/seed0"}
+    assert saved["entries"]["frozen-text/full"] == first["entries"]["frozen-text/full"]
+    share = {r["property"]: r for r in saved["table"]}["random-4 (trainable-text) as a share of its ceiling"]
+    assert share["val"] == "n/a"  # no trainable-text ceiling measured: the table says so, it does not guess
