@@ -32,14 +32,26 @@ from .transfer import transfer_source
 
 
 def run(config: RunConfig, *, log: Callable[[str], None] = lambda s: None, progress: ProgressFn | None = None,
-        executor: str = "local", ray_address: str | None = None) -> RunSummary:
-    """Plan, distil and evaluate the grid; returns what was recorded and what is still missing."""
+        executor: str = "local", ray_address: str | None = None, workers: int = 1,
+        log_every_s: float | None = 30.0) -> RunSummary:
+    """Plan, distil and evaluate the grid; returns what was recorded and what is still missing.
+
+    ``workers`` > 1 (local executor): that many processes on this machine share the grid's cells (each
+    with its share of the cores, or its own GPU), their progress as plain lines every ``log_every_s``."""
+    if workers < 1:
+        raise UsageError(f"workers must be at least 1, got {workers}")
     if executor == "ray":
+        if workers > 1:
+            raise UsageError("--workers is for the local executor; Ray places one task per cell by itself")
         from .executors import run_with_ray
 
         return run_with_ray(config, ray_address, log)
     if executor != "local":
         raise UsageError(f"unknown executor {executor!r}; choose local or ray")
+    if workers > 1:
+        from .executors import run_with_processes
+
+        return run_with_processes(config, workers, log, log_every_s)
     return Runner(config, log=log, progress=progress).run()
 
 

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=["local", "ray"], default=None,
                      help="local: cells in this process (torchrun/SLURM ranks shard them); ray: one Ray task per cell")
     run.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
+    run.add_argument("--workers", dest="local_workers", type=int, default=None, metavar="N",
+                     help="local executor: N processes on this machine share the cells (each with cores/N torch "
+                          "threads, or its own GPU); progress as plain lines (default 1: this process)")
     run.add_argument("--json", action="store_true", help="print the records as JSON lines instead of a table")
     run.add_argument("--dry-run", action="store_true",
                      help="print the plan (done / evaluate only / distil) and its estimated cost; nothing is run")
@@ -252,7 +255,7 @@ def _experiment(args):
              "cache_dir": str(args.cache_dir_flag) if args.cache_dir_flag else None, "data_root": args.data_root,
              "device": getattr(args, "device", None), "force": args.force, "retry_failed": args.retry_failed,
              "lock_timeout": args.lock_timeout, "executor": getattr(args, "executor", None),
-             "ray_address": getattr(args, "ray_address", None), "set": parse_set_options(args.overrides)}
+             "ray_address": getattr(args, "ray_address", None), "workers": getattr(args, "local_workers", None), "set": parse_set_options(args.overrides)}
     file = load_experiment(args.config) if args.config else None
     return build_experiment(file, flags, source=str(args.config) if args.config else "command line",
                             cache_dir=args.cache_dir)
@@ -349,7 +352,8 @@ def cmd_run(args) -> int:
     with _reporter(args.quiet or not lead, args.log_every) as progress:
         for run in experiment.runs:
             summaries.append(api.run(run, log=log, progress=progress, executor=experiment.executor,
-                                     ray_address=experiment.ray_address))
+                                     ray_address=experiment.ray_address, workers=experiment.workers,
+                                     log_every_s=None if args.quiet else args.log_every))
     if lead:
         for results in dict.fromkeys(run.results_dir for run in experiment.runs):
             write_leaderboards(results)

@@ -118,6 +118,7 @@ class ExperimentFile(Grid):
     lock_timeout: float | None = Field(None, ge=0)
     executor: Literal["local", "ray"] | None = None
     ray_address: str | None = None
+    workers: int | None = Field(None, ge=1)
     slurm: SlurmOptions | None = None
 
 
@@ -130,6 +131,7 @@ class Experiment:
     source: str = "command line"
     executor: str = "local"
     ray_address: str | None = None
+    workers: int = 1  # local processes sharing the grid (``run --workers``)
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     options: dict[str, Any] = field(default_factory=dict)  # the machine options as given (results, ...)
 
@@ -283,7 +285,8 @@ def build_experiment(file: ExperimentFile | None, flags: dict[str, Any] | None =
         slurm = slurm.model_copy(update=flags["slurm"])
     return Experiment(meta=file.experiment, runs=runs, source=source,
                       executor=flags.get("executor") or file.executor or "local",
-                      ray_address=flags.get("ray_address") or file.ray_address, slurm=slurm, options=opts)
+                      ray_address=flags.get("ray_address") or file.ray_address,
+                      workers=flags["workers"] if flags.get("workers") is not None else (file.workers or 1), slurm=slurm, options=opts)
 
 
 __all__ = ["CellEntry", "Experiment", "ExperimentFile", "Grid", "Meta", "SlurmOptions", "build_experiment",

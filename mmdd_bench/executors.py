@@ -1,5 +1,12 @@
-"""Where the grid's independent cells run: in this process (``local``) or as one Ray task per cell
-(``ray``). Sharding across torchrun/SLURM processes happens inside ``Runner.run`` (RANK/WORLD_SIZE).
+"""Where the grid's independent cells run: in this process (``local``), in several processes on this machine
+(``local`` with ``workers`` > 1), or as one Ray task per cell (``ray``). Sharding across torchrun/SLURM
+processes happens inside ``Runner.run`` (RANK/WORLD_SIZE).
+
+Local workers share the machine: on a CPU each gets ``cores // workers`` torch threads (small students and
+CovMatch's steps use one core far better than two: cells side by side finish sooner than one cell on all
+cores), on GPUs worker k takes GPU k mod count. Every worker walks the whole grid in order; a cell whose
+evaluation lock another worker holds is skipped and, at the end, waited for, so the cells are claimed
+dynamically with no scheduler (the same locks that keep concurrent runs from doing anything twice).
 
 Workers write their records and artifacts straight into the shared results folder (absolute paths, since
 a worker may start elsewhere); the per-evaluation and per-distillation locks in ``Runner.run_cell`` keep
@@ -9,7 +16,14 @@ run is not pinned to the CPU, and resolves its device inside the worker, where t
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+
+import torch
 
 from .errors import UsageError
 from .plan import Cell, RunConfig
@@ -21,6 +35,54 @@ EXECUTORS = ("local", "ray")
 
 def _run_cell_in_worker(config: RunConfig, cell: Cell) -> CellOutcome:
     return Runner(config).run_cell(cell)
+
+
+def _worker_device(device: str, worker: int) -> str:
+    """Worker ``worker``'s device: its own GPU (round robin) when the run may use GPUs, else the CPU."""
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{worker % torch.cuda.device_count()}"
+    return "cpu" if device == "auto" else device
+
+
+def _run_worker(config: RunConfig, worker: int, threads: int, log_every_s: float | None) -> RunSummary:
+    torch.set_num_threads(threads)
+    from .progress import PlainProgress
+
+    def log(line: str) -> None:  # stderr, like the single-process run's log: stdout carries the results
+        print(f"[worker {worker}] {line}", file=sys.stderr, flush=True)
+
+    progress = PlainProgress(log, log_every_s) if log_every_s else None
+    return Runner(config, log=log, progress=progress).run()
+
+
+def run_with_processes(config: RunConfig, workers: int, log: Callable[[str], None],
+                       log_every_s: float | None = 30.0) -> RunSummary:
+    """The grid in ``workers`` processes on this machine (see the module docstring); progress arrives as plain
+    lines, one prefixed with its worker, every ``log_every_s`` seconds per loop (None: none)."""
+    from .resources import shard_from_environment
+
+    if shard_from_environment()[1] > 1:
+        raise UsageError("--workers > 1 splits the grid on this machine; under torchrun/SLURM each rank already "
+                         "takes its share: drop --workers, or start more ranks")
+    runner = Runner(config, log=log)
+    cells = runner.plan()  # every check, and the datasets generated once, before any worker starts
+    for name in dict.fromkeys(cell.dataset for cell in cells):
+        runner.resources.dataset(name)
+    planned = [e.run_id for cell in cells for e in runner.responsible(runner.planner.cell_plan(cell))]
+    workers = max(1, min(workers, len(cells)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    devices = [_worker_device(config.device, k) for k in range(workers)]
+    log(f"{len(cells)} cells in {workers} worker processes ({', '.join(devices)}; {threads} torch thread(s) each)")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_run_worker, replace(config, device=devices[k]), k, threads, log_every_s)
+                   for k in range(workers)]
+        summaries = [f.result() for f in futures]
+    order = {run_id: i for i, run_id in enumerate(planned)}
+    records = sorted({r.run_id: r for s in summaries for r in s.records}.values(),
+                     key=lambda r: order.get(r.run_id, len(order)))
+    missing = [run_id for run_id in planned if runner.store.record_state(run_id).state != "ok"]
+    return RunSummary(records, planned, [b for s in summaries for b in s.busy],
+                      [r for s in summaries for r in s.refused], missing)
 
 
 def run_with_ray(config: RunConfig, address: str | None, log: Callable[[str], None],

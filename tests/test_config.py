@@ -66,6 +66,16 @@ def test_flags_override_the_file_and_set_merges_name_by_name(cache_dir, tmp_path
     assert {planner.cell_plan(c).params.iterations for c in planner.plan()} == {9}  # over the cells too
 
 
+def test_workers_come_from_the_file_unless_the_flag_says(cache_dir, tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("methods: [random]\ndatasets: [shapes-mini]\nsizes: [4]\nworkers: 3\n")
+    assert build_experiment(load_experiment(path), {"results": str(tmp_path)}, cache_dir=cache_dir).workers == 3
+    flags = {"results": str(tmp_path), "workers": 2}
+    assert build_experiment(load_experiment(path), flags, cache_dir=cache_dir).workers == 2
+    path.write_text("methods: [random]\ndatasets: [shapes-mini]\nsizes: [4]\n")
+    assert build_experiment(load_experiment(path), {"results": str(tmp_path)}, cache_dir=cache_dir).workers == 1
+
+
 @pytest.mark.parametrize("text,message", [
     ("sizs: [4]\n", "unknown key 'sizs'. Did you mean sizes?"),
     ("methods: [covmatch]\nset: {covmatch: {rhoo: 2}}\n", "unknown parameter 'covmatch.rhoo'. Did you mean rho?"),
@@ -76,6 +86,7 @@ def test_flags_override_the_file_and_set_merges_name_by_name(cache_dir, tmp_path
     ("experiment: {titel: x}\n", "unknown key 'experiment.titel'"),
     ("runs: [{sizes: [4], set: {random: {nope: 1}}}]\n", "runs[0] set: unknown parameter 'random.nope'"),
     ("methods: [random\n", "is not valid YAML"),
+    ("workers: 0\n", "workers"),
 ])
 def test_bad_files_exit_2_naming_the_file_and_the_key(cache_dir, tmp_path, capsys, text, message):
     path = tmp_path / "bad.yaml"
