@@ -19,13 +19,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 
 import torch
 
-from .errors import UsageError
+from .errors import MMDDError, UsageError
 from .plan import Cell, RunConfig
 from .records import RunRecord
 from .runner import CellOutcome, Runner, RunSummary
@@ -44,9 +45,30 @@ def _worker_device(device: str, worker: int) -> str:
     return "cpu" if device == "auto" else device
 
 
-def _run_worker(config: RunConfig, worker: int, threads: int, log_every_s: float | None) -> RunSummary:
+def _method_references(names: list[str]) -> dict[str, str]:
+    """``"module:Class"`` for each method, so a worker (a fresh interpreter) finds methods registered in this
+    process too; one defined in ``__main__`` (a script or notebook cell) cannot be imported there."""
+    from .method import METHODS
+
+    refs = {}
+    for name in names:
+        cls = METHODS.get(name)
+        if cls.__module__ in ("__main__", "__mp_main__") or "<locals>" in cls.__qualname__:
+            raise UsageError(f"method {name!r} is defined in {cls.__module__} ({cls.__qualname__}), which worker "
+                             "processes cannot import: move it into a module (or register it through the "
+                             "'mmdd_bench.methods' entry-point group), or run without --workers")
+        refs[name] = f"{cls.__module__}:{cls.__qualname__}"
+    return refs
+
+
+def _run_worker(config: RunConfig, worker: int, threads: int, log_every_s: float | None,
+                methods: dict[str, str]) -> RunSummary:
     torch.set_num_threads(threads)
+    from .method import METHODS
     from .progress import PlainProgress
+
+    for name, reference in methods.items():
+        METHODS.add_lazy(name, reference)  # built-ins and entry points are there already: kept as they are
 
     def log(line: str) -> None:  # stderr, like the single-process run's log: stdout carries the results
         print(f"[worker {worker}] {line}", file=sys.stderr, flush=True)
@@ -58,7 +80,9 @@ def _run_worker(config: RunConfig, worker: int, threads: int, log_every_s: float
 def run_with_processes(config: RunConfig, workers: int, log: Callable[[str], None],
                        log_every_s: float | None = 30.0) -> RunSummary:
     """The grid in ``workers`` processes on this machine (see the module docstring); progress arrives as plain
-    lines, one prefixed with its worker, every ``log_every_s`` seconds per loop (None: none)."""
+    lines, one prefixed with its worker, every ``log_every_s`` seconds per loop (None: none). The first worker
+    that raises (bad data or weights: what stops a one-process run) stops the others, and its error is raised
+    here; what they recorded stays, and a rerun resumes."""
     from .resources import shard_from_environment
 
     if shard_from_environment()[1] > 1:
@@ -66,6 +90,7 @@ def run_with_processes(config: RunConfig, workers: int, log: Callable[[str], Non
                          "takes its share: drop --workers, or start more ranks")
     runner = Runner(config, log=log)
     cells = runner.plan()  # every check, and the datasets generated once, before any worker starts
+    methods = _method_references(list(dict.fromkeys(cell.method for cell in cells)))
     for name in dict.fromkeys(cell.dataset for cell in cells):
         runner.resources.dataset(name)
     planned = [e.run_id for cell in cells for e in runner.responsible(runner.planner.cell_plan(cell))]
@@ -73,10 +98,22 @@ def run_with_processes(config: RunConfig, workers: int, log: Callable[[str], Non
     threads = max(1, (os.cpu_count() or 1) // workers)
     devices = [_worker_device(config.device, k) for k in range(workers)]
     log(f"{len(cells)} cells in {workers} worker processes ({', '.join(devices)}; {threads} torch thread(s) each)")
+    others = set(active_children())
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_run_worker, replace(config, device=devices[k]), k, threads, log_every_s)
+        futures = [pool.submit(_run_worker, replace(config, device=devices[k]), k, threads, log_every_s, methods)
                    for k in range(workers)]
-        summaries = [f.result() for f in futures]
+        spawned = set(active_children()) - others
+        try:
+            summaries = [f.result() for f in as_completed(futures)]  # re-raises the first worker error
+        except BrokenProcessPool as exc:
+            for process in spawned:
+                process.terminate()
+            raise MMDDError("a worker process died (killed, or out of memory: see the system log); what the "
+                            "workers recorded stays, and rerunning the same command resumes") from exc
+        except BaseException:  # a worker's error, a killed worker (BrokenProcessPool) or Ctrl-C: stop the rest
+            for process in spawned:  # their locks are flocks, released with them; records are atomic
+                process.terminate()
+            raise
     order = {run_id: i for i, run_id in enumerate(planned)}
     records = sorted({r.run_id: r for s in summaries for r in s.records}.values(),
                      key=lambda r: order.get(r.run_id, len(order)))

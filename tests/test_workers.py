@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmdd_bench import api
-from mmdd_bench.errors import UsageError
+from mmdd_bench.errors import DataError, UsageError
 from mmdd_bench.plan import RunConfig
 
 
@@ -74,3 +74,84 @@ def test_the_cli_refuses_zero_workers_with_exit_2(tmp_path, cache_dir, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "workers must be at least 1" in err and "Traceback" not in err
     assert not (tmp_path / "res" / "runs").exists()
+
+
+def _third_party(tmp_path, monkeypatch, body: str, name: str = "bad-data", cls: str = "BadData") -> None:
+    """A method package with an entry point, visible to this process and to the spawned workers."""
+    import textwrap
+
+    from mmdd_bench.method import METHODS
+
+    pkg = tmp_path / "site" / "workers_plugin"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent(body))
+    dist = tmp_path / "site" / "workers_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: workers-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[mmdd_bench.methods]\n{name} = workers_plugin:{cls}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    monkeypatch.setattr(METHODS, "_entry_points_loaded", False)
+
+
+def test_a_worker_error_stops_the_run_and_reads_like_one_process(tmp_path, cache_dir, monkeypatch):
+    """Bad data found by a worker (what stops a one-process run) is raised in the parent with its message."""
+    import sys
+
+    _third_party(tmp_path, monkeypatch, '''
+        from mmdd_bench.errors import DataError
+        from mmdd_bench.method import Method
+
+        class BadData(Method):
+            name = "bad-data"
+            default_protocol = "trainable-text"
+            description = "raises a DataError (test)"
+
+            def distill(self, ctx, params):
+                raise DataError("the images of this fixture are unreadable: regenerate them")
+    ''')
+    try:
+        with pytest.raises(DataError, match="unreadable: regenerate them"):
+            api.run(_config(tmp_path / "res", cache_dir, methods=["bad-data"]), workers=2, log_every_s=None)
+    finally:
+        sys.modules.pop("workers_plugin", None)
+    assert not list((tmp_path / "res" / "runs").glob("*.json"))
+
+
+def test_a_method_defined_in_main_is_refused_before_workers_start(tmp_path, cache_dir, monkeypatch):
+    from mmdd_bench.method import METHODS
+    from mmdd_bench.methods.random_subset import RandomSubset
+
+    class Notebook(RandomSubset):
+        name = "notebook-random"
+
+    Notebook.__module__ = "__main__"
+    monkeypatch.setitem(METHODS._entries, "notebook-random", Notebook)
+    with pytest.raises(UsageError, match="worker processes cannot import"):
+        api.run(_config(tmp_path / "res", cache_dir, methods=["notebook-random"]), workers=2)
+    assert not (tmp_path / "res" / "runs").exists()
+
+
+def test_a_worker_that_dies_stops_the_run_with_a_message(tmp_path, cache_dir, monkeypatch):
+    """A worker killed mid-cell (here it exits; in life the OOM killer) is a clear error, not a hang."""
+    import sys
+
+    from mmdd_bench.errors import MMDDError
+
+    _third_party(tmp_path, monkeypatch, '''
+        import os
+        from mmdd_bench.method import Method
+
+        class Dies(Method):
+            name = "dies"
+            default_protocol = "trainable-text"
+            description = "its process exits mid-distillation (test)"
+
+            def distill(self, ctx, params):
+                os._exit(9)
+    ''', name="dies", cls="Dies")
+    try:
+        with pytest.raises(MMDDError, match="a worker process died"):
+            api.run(_config(tmp_path / "res", cache_dir, methods=["dies"]), workers=2, log_every_s=None)
+    finally:
+        sys.modules.pop("workers_plugin", None)
