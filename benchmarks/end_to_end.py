@@ -2,6 +2,7 @@
 kernels beside it. Writes ``benchmarks/results/<preset>.json`` and regenerates ``BENCHMARKS.md``.
 
     python benchmarks/end_to_end.py --preset cpu     # tiny + paper architecture at 64 px (< 15 min, 2 cores)
+    python benchmarks/end_to_end.py --preset cpu-resolution --no-kernels   # paper architecture at 32/48/64 px
     python benchmarks/end_to_end.py --preset gpu     # paper architecture at 224 px on Flickr-like JPEGs, N=100/500 (one GPU)
     python benchmarks/end_to_end.py --preset smoke   # seconds: what the test suite runs
 
@@ -56,6 +57,9 @@ PRESETS = {
     "cpu": [Case("tiny-N100", "tiny", 32, "shapes", 100, 6,
                  ("amp=bf16", "channels_last=true", "compile=true")),
             Case("paper-64px-N50", "paper", 64, "shapes-mini", 50, 3)],
+    # Issue 18's resolution series: where MTT-VL / CovMatch heads as images grow, measured in one run (64 px
+    # is the largest that fits: MTT-VL's RSS peak there was 20.5 GB of this machine's 24 GiB).
+    "cpu-resolution": [Case(f"paper-{px}px-N50", "paper", px, "shapes-mini", 50, 3) for px in (32, 48, 64)],
     "gpu": [Case("paper-224px-N100", "paper", 224, "flickr-like:2000", 100, 8,
                  ("amp=bf16", "channels_last=true", "amp=bf16,channels_last=true",
                   "amp=bf16,channels_last=true,compile=true")),
