@@ -84,7 +84,9 @@ def load_figures(results_dir: Path, benchmark_dir: Path = BENCHMARK_DIR) -> Figu
             bench = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        machine = bench.get("machine", {})
+        if not isinstance(bench, dict) or "machine" not in bench:
+            continue  # not a timing report (a calibration, a study, pytest-benchmark's raw file)
+        machine = bench["machine"]
         where = (f"{path.name} ({machine.get('cpus', '?')} CPUs, cuda {machine.get('cuda')}, "
                  f"git {machine.get('git_sha', '?')})")
         figures.sources.append(f"benchmark {where}")

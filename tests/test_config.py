@@ -175,12 +175,32 @@ def test_the_ablation_preset_plans_its_variants_beside_the_table_2_cell(cache_di
 def test_the_embedded_preset_is_the_reproduce_script(cache_dir, tmp_path):
     script = (CONFIGS.parent / "scripts" / "reproduce_embedded.sh").read_text()
     file = load_experiment(CONFIGS / "shapes-embedded.yaml")
-    assert script.count("mmdd-bench run ") == 1 and "--config configs/shapes-embedded.yaml" in script
-    assert {m for run in file.runs for m in run.methods} >= {"random", "herding", "k-center", "forgetting", "covmatch",
-                                                            "mtt-vl", "tesla-vl", "lors", "full-data"}
+    assert script.count("mmdd-bench run ") == 1 and "CONFIG:-configs/shapes-embedded.yaml" in script
+    for name in ("shapes-embedded.yaml", "scenes-embedded.yaml"):
+        file = load_experiment(CONFIGS / name)
+        assert {m for run in file.runs for m in run.methods} >= {"random", "herding", "k-center", "forgetting",
+                                                                "covmatch", "mtt-vl", "tesla-vl", "lors", "full-data"}
     dry = main(["run", "--config", str(CONFIGS / "shapes-embedded.yaml"), "--dry-run", "--json", "--results",
                 str(tmp_path), "--cache-dir", str(cache_dir)])
     assert dry == 0
+
+
+def test_the_scenes_preset_cuts_only_trainable_text_students(cache_dir, tmp_path):
+    """Issue 16's grid: 100 / 200 / 500 pairs and 3 seeds for every method; the recorded cut (1 student x 20
+    epochs) reaches the trainable-text evaluations of the sets, never a frozen-text one or a ceiling."""
+    experiment = build_experiment(load_experiment(CONFIGS / "scenes-embedded.yaml"), {"results": str(tmp_path)},
+                                  cache_dir=cache_dir)
+    seen = {}
+    for run in experiment.runs:
+        assert run.datasets == ["scenes"] and run.seeds in ([0, 1, 2], [0])
+        cut = run.overrides.get("eval", {})
+        for method in run.methods:
+            seen.setdefault(method, set()).update(run.sizes)
+            if cut:
+                assert run.protocols == ["trainable-text"] and method != "full-data"
+                assert {k: int(v) for k, v in cut.items()} == {"n_students": 1, "epochs": 20}
+    for method in ("random", "herding", "k-center", "forgetting", "covmatch", "mtt-vl", "tesla-vl", "lors"):
+        assert seen[method] >= {100, 200, 500}, method
 
 
 def test_dry_run_json_of_a_preset_lists_cells_with_unknown_ids(cache_dir, tmp_path, capsys):

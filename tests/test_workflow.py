@@ -107,3 +107,20 @@ def test_rerun_reproduces_a_records_run_id_and_metrics(cache_dir, tmp_path, caps
     assert main(["rerun", str(old), "--results", str(tmp_path / "old"), "--cache-dir", str(cache_dir), "--quiet"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["same_run_id"] and out["same_metrics"]
+
+
+def test_estimates_read_timing_reports_only(tmp_path):
+    """The benchmark folder also holds calibrations and studies: they are not figures (nor named as sources)."""
+    import json
+
+    from mmdd_bench.estimate import load_figures
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "calibration-scenes.json").write_text(json.dumps({"entries": {}, "dataset": "scenes"}))
+    (bench / "cpu.json").write_text(json.dumps({"machine": {"cpus": 2, "cuda": None, "git_sha": "abc"}, "cases": {
+        "c": {"case": {"name": "c", "backbone": "tiny", "image_size": 32, "size": 100},
+              "covmatch": {"s_per_iteration_steady": 0.5}}}}))
+    figures = load_figures(tmp_path / "no-results", bench)
+    assert figures.sources == ["benchmark cpu.json (2 CPUs, cuda None, git abc)"]
+    assert figures.bench_iteration[("tiny", 32, "covmatch")][100][0] == 0.5
