@@ -186,8 +186,8 @@ def test_the_embedded_preset_is_the_reproduce_script(cache_dir, tmp_path):
 
 
 def test_the_scenes_preset_cuts_only_trainable_text_students(cache_dir, tmp_path):
-    """Issue 16's grid: 100 / 200 / 500 pairs and 3 seeds for every method; the recorded cut (1 student x 20
-    epochs) reaches the trainable-text evaluations of the sets, never a frozen-text one or a ceiling."""
+    """Issue 16's grid: 100 / 200 / 500 pairs and 3 seeds for every method; the recorded cut (1 student, the
+    protocol's epochs) reaches the trainable-text evaluations of the sets, never a frozen-text one or a ceiling."""
     experiment = build_experiment(load_experiment(CONFIGS / "scenes-embedded.yaml"), {"results": str(tmp_path)},
                                   cache_dir=cache_dir)
     seen = {}
@@ -198,7 +198,7 @@ def test_the_scenes_preset_cuts_only_trainable_text_students(cache_dir, tmp_path
             seen.setdefault(method, set()).update(run.sizes)
             if cut:
                 assert run.protocols == ["trainable-text"] and method != "full-data"
-                assert {k: int(v) for k, v in cut.items()} == {"n_students": 1, "epochs": 20}
+                assert {k: int(v) for k, v in cut.items()} == {"n_students": 1}
     for method in ("random", "herding", "k-center", "forgetting", "covmatch", "mtt-vl", "tesla-vl", "lors"):
         assert seen[method] >= {100, 200, 500}, method
 
