@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmdd_bench import api
-from mmdd_bench.errors import DataError, UsageError
+from mmdd_bench.errors import UsageError
 from mmdd_bench.plan import RunConfig
 
 
@@ -94,25 +94,37 @@ def _third_party(tmp_path, monkeypatch, body: str, name: str = "bad-data", cls: 
     monkeypatch.setattr(METHODS, "_entry_points_loaded", False)
 
 
-def test_a_worker_error_stops_the_run_and_reads_like_one_process(tmp_path, cache_dir, monkeypatch):
-    """Bad data found by a worker (what stops a one-process run) is raised in the parent with its message."""
+_BREAKING = {  # a distill body, the error the parent must raise, and its message
+    "bad-data": ('raise DataError("the images of this fixture are unreadable: regenerate them")', "DataError",
+                 "unreadable: regenerate them"),  # what stops a one-process run
+    "dies": ("os._exit(9)", "MMDDError", "a worker process died"),  # in life: the OOM killer; not a hang
+}
+
+
+@pytest.mark.parametrize("name", sorted(_BREAKING))
+def test_a_breaking_worker_stops_the_run_with_its_message(tmp_path, cache_dir, monkeypatch, name):
+    """A worker's error (or its death) is raised in the parent with a message; nothing half-done is recorded."""
     import sys
 
-    _third_party(tmp_path, monkeypatch, '''
+    from mmdd_bench import errors
+
+    body, error, message = _BREAKING[name]
+    _third_party(tmp_path, monkeypatch, f'''
+        import os
         from mmdd_bench.errors import DataError
         from mmdd_bench.method import Method
 
-        class BadData(Method):
-            name = "bad-data"
+        class Breaks(Method):
+            name = "{name}"
             default_protocol = "trainable-text"
-            description = "raises a DataError (test)"
+            description = "breaks its worker (test)"
 
             def distill(self, ctx, params):
-                raise DataError("the images of this fixture are unreadable: regenerate them")
-    ''')
+                {body}
+    ''', name=name, cls="Breaks")
     try:
-        with pytest.raises(DataError, match="unreadable: regenerate them"):
-            api.run(_config(tmp_path / "res", cache_dir, methods=["bad-data"]), workers=2, log_every_s=None)
+        with pytest.raises(getattr(errors, error), match=message):
+            api.run(_config(tmp_path / "res", cache_dir, methods=[name]), workers=2, log_every_s=None)
     finally:
         sys.modules.pop("workers_plugin", None)
     assert not list((tmp_path / "res" / "runs").glob("*.json"))
@@ -130,28 +142,3 @@ def test_a_method_defined_in_main_is_refused_before_workers_start(tmp_path, cach
     with pytest.raises(UsageError, match="worker processes cannot import"):
         api.run(_config(tmp_path / "res", cache_dir, methods=["notebook-random"]), workers=2)
     assert not (tmp_path / "res" / "runs").exists()
-
-
-def test_a_worker_that_dies_stops_the_run_with_a_message(tmp_path, cache_dir, monkeypatch):
-    """A worker killed mid-cell (here it exits; in life the OOM killer) is a clear error, not a hang."""
-    import sys
-
-    from mmdd_bench.errors import MMDDError
-
-    _third_party(tmp_path, monkeypatch, '''
-        import os
-        from mmdd_bench.method import Method
-
-        class Dies(Method):
-            name = "dies"
-            default_protocol = "trainable-text"
-            description = "its process exits mid-distillation (test)"
-
-            def distill(self, ctx, params):
-                os._exit(9)
-    ''', name="dies", cls="Dies")
-    try:
-        with pytest.raises(MMDDError, match="a worker process died"):
-            api.run(_config(tmp_path / "res", cache_dir, methods=["dies"]), workers=2, log_every_s=None)
-    finally:
-        sys.modules.pop("workers_plugin", None)
