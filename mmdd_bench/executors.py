@@ -93,7 +93,7 @@ def run_with_processes(config: RunConfig, workers: int, log: Callable[[str], Non
     methods = _method_references(list(dict.fromkeys(cell.method for cell in cells)))
     for name in dict.fromkeys(cell.dataset for cell in cells):
         runner.resources.dataset(name)
-    planned = [e.run_id for cell in cells for e in runner.responsible(runner.planner.cell_plan(cell))]
+    planned = runner.planned_run_ids(cells)
     workers = max(1, min(workers, len(cells)))
     threads = max(1, (os.cpu_count() or 1) // workers)
     devices = [_worker_device(config.device, k) for k in range(workers)]
@@ -117,7 +117,7 @@ def run_with_processes(config: RunConfig, workers: int, log: Callable[[str], Non
     order = {run_id: i for i, run_id in enumerate(planned)}
     records = sorted({r.run_id: r for s in summaries for r in s.records}.values(),
                      key=lambda r: order.get(r.run_id, len(order)))
-    missing = [run_id for run_id in planned if runner.store.record_state(run_id).state != "ok"]
+    missing = runner.missing(planned)
     return RunSummary(records, planned, [b for s in summaries for b in s.busy],
                       [r for s in summaries for r in s.refused], missing)
 
@@ -130,7 +130,7 @@ def run_with_ray(config: RunConfig, address: str | None, log: Callable[[str], No
         raise UsageError("--executor ray needs Ray: pip install 'mmdd-bench[ray]' (or pip install ray)") from exc
     runner = Runner(config, log=log)
     cells = runner.plan()  # validates arguments and data before any task starts
-    planned = [e.run_id for cell in cells for e in runner.responsible(runner.planner.cell_plan(cell))]
+    planned = runner.planned_run_ids(cells)
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
@@ -154,5 +154,5 @@ def run_with_ray(config: RunConfig, address: str | None, log: Callable[[str], No
     finally:
         if started_here:
             ray.shutdown()
-    missing = [run_id for run_id in planned if runner.store.record_state(run_id).state != "ok"]
+    missing = runner.missing(planned)
     return RunSummary(records, planned, busy, refused, missing)

@@ -110,9 +110,17 @@ class Runner:
             busy += outcome.busy
             for rec in outcome.records:
                 on_record(rec)
-        missing = [run_id for run_id in planned if self.store.record_state(run_id).state != "ok"]
+        missing = self.missing(planned)
         unique = list({r.run_id: r for r in records}.values())  # the second pass sees first-pass records again
         return RunSummary(unique, planned, busy, refused, missing)
+
+    def planned_run_ids(self, cells: list[Cell]) -> list[str]:
+        """The run ids of every evaluation this run answers for, in the plan's order."""
+        return [e.run_id for cell in cells for e in self.responsible(self.planner.cell_plan(cell))]
+
+    def missing(self, planned: list[str]) -> list[str]:
+        """The planned run ids without an ok record now (whichever process wrote it)."""
+        return [run_id for run_id in planned if self.store.record_state(run_id).state != "ok"]
 
     def responsible(self, plan: CellPlan) -> list[EvalPlan]:
         """The evaluations this run answers for: all of them, or under --retry-failed those that failed."""
