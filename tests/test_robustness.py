@@ -39,8 +39,16 @@ COVMATCH = ["--methods", "covmatch", "--sizes", "6", "--set", "covmatch.iteratio
             "covmatch.reset_every=5", "--set", "covmatch.checkpoint_every=5", "--quiet"]
 
 
+def _default_sigint() -> None:
+    """A shell without job control starts background jobs with SIGINT ignored (POSIX), and a child inherits that:
+    under `.ci/run &` or nohup, Ctrl-C would then be a no-op and the run would finish with 0. Restore the default,
+    so the child's Python installs its KeyboardInterrupt handler as in a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_until_checkpoint(args: list[str], checkpoints: Path, at_least: int) -> subprocess.Popen:
-    proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=_default_sigint)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         # Only a finished checkpoint folder; hidden ones are a checkpoint being written or replaced.
