@@ -68,3 +68,22 @@ def test_the_page_shows_the_claims_escaped(tmp_path):
     page = write_page(tmp_path, leaderboard(frame), {}, [], claims=claims_table(frame)).read_text()
     assert "The papers' claims" in page and "&lt;b&gt;" in page and "<b>" not in page.split("<body>")[1]
     assert "CovMatch beats every baseline at every size" in page and "not measured" in page
+
+
+def test_a_students_only_cut_is_compared_like_with_like_and_named():
+    """scenes scores trainable-text with one student: such rows enter, paired only with rows scored the same way;
+    an epochs cut (biased) never enters."""
+    cut = {"eval_variant": "n_students=1"}
+    recs = _rows("covmatch", [30.0, 31.0, 32.0], **cut) + _rows("random", [20.0, 21.0, 22.0], **cut)
+    recs += _rows("random", [90.0, 90.0, 90.0])  # the default evaluation of random: not paired with the cut rows
+    recs += _rows("herding", [10.0, 10.0, 10.0], eval_variant="epochs=20,n_students=1")  # biased: left out
+    recs += _rows("herding", [12.0, 12.0, 12.0], eval_variant="epochs=20")
+    recs += _rows("covmatch", [25.0, 26.0, 27.0], protocol="frozen-text", variant="text_trainable=False")
+    table = claims_table(records_frame(recs))
+    by = {(r["claim"], r["comparison"]): r for _, r in table.iterrows()}
+    vs_random = by[("CovMatch beats every baseline at every size", "covmatch N=100 vs random N=100")]
+    assert vs_random["gain"] == pytest.approx(10.0) and vs_random["protocol"] == "trainable-text (n_students=1)"
+    assert not [c for c in by if "herding" in c[1]]
+    frozen = by[("trainable-text beats frozen-text for CovMatch",
+                 "covmatch N=100 vs covmatch (text_trainable=False) N=100")]
+    assert frozen["protocol"] == "trainable-text (n_students=1) vs frozen-text" and frozen["gain"] == pytest.approx(5.0)

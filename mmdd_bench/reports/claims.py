@@ -13,8 +13,12 @@ Each claim is a set of comparisons, every one a gain paired by seed with its 95%
 
 A claim **holds** when every comparison's interval lies above 0, **fails** when some comparison's interval
 lies below 0, and is **not shown** otherwise (an interval contains 0); **not measured** when the records hold
-no comparison. Only rows of sets scored with the backbone that distilled them, with the default evaluation,
-enter; the default row of a method is the one without a variant.
+no comparison. Only rows of sets scored with the backbone that distilled them enter; the default row of a method
+is the one without a variant. Each side is scored with the protocol's default evaluation or, where an experiment
+cut only the number of students (``n_students=1`` on ``scenes``: every student is an independent draw, so the mean
+over seeds stays unbiased, only noisier), with that cut; a same-protocol comparison needs both sides scored alike
+(the default preferred), and the cut is named in the comparison's protocol. Any other evaluation variant (fewer
+epochs, an aid) never enters: it changes what a score means.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ OWN_PROTOCOL = {"covmatch": "trainable-text", "random": "trainable-text", "herdi
                 "k-center": "trainable-text", "forgetting": "trainable-text", "mtt-vl": "frozen-text-mtt",
                 "tesla-vl": "frozen-text", "lors": "frozen-text"}
 FROZEN_TEXT_ABLATION = "text_trainable=False"
+# Evaluation parameters whose change leaves a score's expectation alone: fewer students, each trained as the protocol says.
+UNBIASED_CUTS = frozenset({"n_students"})
 NO_ONLINE_ABLATION = "online_update=False"
 CLAIMS_COLUMNS = ["dataset", "backbone", "claim", "comparison", "protocol", "gain", "gain_ci_low", "gain_ci_high",
                   "n_seeds"]
@@ -53,10 +59,39 @@ class Row:
         return f"{self.method}{f' ({self.variant})' if self.variant else ''} N={self.size}"
 
 
-def _per_seed(frame: pd.DataFrame, row: Row) -> dict[int, float]:
-    part = frame[(frame["method"] == row.method) & (frame["size"] == row.size) & (frame["protocol"] == row.protocol)
+def _matching(frame: pd.DataFrame, row: Row) -> pd.DataFrame:
+    return frame[(frame["method"] == row.method) & (frame["size"] == row.size) & (frame["protocol"] == row.protocol)
                  & (frame["variant"] == row.variant)]
+
+
+def _per_seed(frame: pd.DataFrame, row: Row, eval_variant: str) -> dict[int, float]:
+    part = _matching(frame, row)
+    part = part[part["eval_variant"] == eval_variant]
     return dict(zip(part["seed"].astype(int), part["r_mean"].astype(float), strict=True))
+
+
+def is_unbiased_cut(eval_variant: str) -> bool:
+    """The default evaluation, or one that changes only parameters in ``UNBIASED_CUTS``."""
+    return all(item.split("=", 1)[0] in UNBIASED_CUTS for item in eval_variant.split(",") if item)
+
+
+def _one(variants: set[str]) -> str | None:
+    """The default evaluation where measured, else the only cut measured; None when there is none, or several."""
+    return "" if "" in variants else (next(iter(variants)) if len(variants) == 1 else None)
+
+
+def _eval_variants(frame: pd.DataFrame, better: Row, worse: Row) -> tuple[str, str] | None:
+    """Which evaluation each side is read from (see the module's docstring), or None when they cannot be compared."""
+    a, b = (set(_matching(frame, row)["eval_variant"]) for row in (better, worse))
+    if better.protocol == worse.protocol:
+        common = _one(a & b)
+        return None if common is None else (common, common)
+    mine, theirs = _one(a), _one(b)
+    return None if mine is None or theirs is None else (mine, theirs)
+
+
+def _protocol_label(protocol: str, eval_variant: str) -> str:
+    return f"{protocol} ({eval_variant})" if eval_variant else protocol
 
 
 def _sizes(frame: pd.DataFrame, method: str, protocol: str, variant: str = "") -> list[int]:
@@ -91,18 +126,21 @@ def claims_table(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=CLAIMS_COLUMNS)
     frame = one_record_per_seed(frame)
-    frame = frame[(frame["distilled_backbone"] == "") & (frame["eval_variant"] == "")]
+    frame = frame[(frame["distilled_backbone"] == "") & frame["eval_variant"].map(is_unbiased_cut)]
     rows = []
     for (dataset, backbone), part in frame.groupby(["dataset", "backbone"], sort=True):
         for claim, better, worse in _comparisons(part):
-            a, b = _per_seed(part, better), _per_seed(part, worse)
+            chosen = _eval_variants(part, better, worse)
+            if chosen is None:
+                continue
+            a, b = _per_seed(part, better, chosen[0]), _per_seed(part, worse, chosen[1])
             if not a or not b:
                 continue
             gain, low, high = paired_gain(a, b)
+            mine, theirs = (_protocol_label(r.protocol, ev) for r, ev in zip((better, worse), chosen, strict=True))
             rows.append({"dataset": dataset, "backbone": backbone, "claim": claim,
                          "comparison": f"{better.label()} vs {worse.label()}",
-                         "protocol": better.protocol if better.protocol == worse.protocol
-                         else f"{better.protocol} vs {worse.protocol}",
+                         "protocol": mine if mine == theirs else f"{mine} vs {theirs}",
                          "gain": gain, "gain_ci_low": low, "gain_ci_high": high, "n_seeds": len(set(a) & set(b))})
     return pd.DataFrame(rows, columns=CLAIMS_COLUMNS)
 
@@ -157,5 +195,5 @@ def claims_markdown(table: pd.DataFrame, dataset: str, backbone: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["CLAIMS", "CLAIMS_COLUMNS", "CLAIMS_NOTE", "SUMMARY_HEADER", "claims_markdown", "claims_summary", "claims_table",
-           "verdict"]
+__all__ = ["CLAIMS", "CLAIMS_COLUMNS", "CLAIMS_NOTE", "SUMMARY_HEADER", "UNBIASED_CUTS", "claims_markdown",
+           "claims_summary", "claims_table", "is_unbiased_cut", "verdict"]
