@@ -78,6 +78,7 @@ def test_a_students_only_cut_is_compared_like_with_like_and_named():
     recs += _rows("random", [90.0, 90.0, 90.0])  # the default evaluation of random: not paired with the cut rows
     recs += _rows("herding", [10.0, 10.0, 10.0], eval_variant="epochs=20,n_students=1")  # biased: left out
     recs += _rows("herding", [12.0, 12.0, 12.0], eval_variant="epochs=20")
+    recs += _rows("covmatch", [40.0, 40.0, 40.0], eval_variant="epochs=20")  # would pair with herding's if let in
     recs += _rows("covmatch", [25.0, 26.0, 27.0], protocol="frozen-text", variant="text_trainable=False")
     table = claims_table(records_frame(recs))
     by = {(r["claim"], r["comparison"]): r for _, r in table.iterrows()}
