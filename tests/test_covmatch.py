@@ -1,4 +1,6 @@
+import dataclasses
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 from mmdd_bench.errors import UsageError
 from mmdd_bench.method import DistillContext, get_method
 from mmdd_bench.methods.covmatch import CovMatchParams, covmatch_loss, cross_covariance
-from mmdd_bench.params import apply_overrides
+from mmdd_bench.params import apply_overrides, check_ranges
 
 
 def naive_cross_covariance(hv, hl):
@@ -196,3 +198,23 @@ def test_covmatch_on_paper_architecture_and_flickr_layout(tmp_path, cache_dir):
     result = p.evaluate(d, ds, bb, apply_overrides(p.default_params("flickr30k"), {"epochs": 1, "n_students": 1}),
                         0, torch.device("cpu"), cache_dir)
     assert set(result.mean) >= {"i2t_R@1", "t2i_R@10", "r_mean"}
+
+
+def test_the_online_study_variants_are_valid_covmatch_settings():
+    """scripts/study_covmatch_online.py's variants must name real CovMatch fields with values its checks accept."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "study_covmatch_online.py"
+    spec = importlib.util.spec_from_file_location("study_covmatch_online", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    method = get_method("covmatch")
+    table = study.variants((0.003, 0.03), 40)
+    for short, (name, change) in table.items():
+        params = dataclasses.replace(method.default_params(100, "scenes"), **change)
+        check_ranges(params, "covmatch")
+        assert "/ seed" not in name, short
+    # The paper's proportion on the embedded protocol: the protocol's lrs, a reset every half student path.
+    _, change = table["protocol-lrs-reset20"]
+    assert change == {"lr_encoder": 0.003, "lr_projection": 0.03, "reset_every": 20}
+    assert table["none"][1] == {"online_update": False}
