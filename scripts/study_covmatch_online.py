@@ -24,14 +24,13 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from mmdd_bench.data import load_dataset
+from mmdd_bench.data import EMBEDDED, load_dataset
 from mmdd_bench.encoders import build_backbone
 from mmdd_bench.method import DistillContext, get_method
 from mmdd_bench.protocols import get_protocol
 from mmdd_bench.protocols.base import summarize
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
-BACKBONES = {"shapes": "tiny", "scenes": "tiny-scenes"}
 
 
 def variants(eval_lrs: tuple[float, float], eval_epochs: int) -> dict[str, tuple[str, dict]]:
@@ -60,7 +59,8 @@ def main(dataset_name: str, seeds: list[int], names: list[str], students: int | 
     cache = Path(os.environ.get("MMDD_BENCH_CACHE", Path.home() / ".cache" / "mmdd-bench"))
     out = RESULTS / f"covmatch-online-{dataset_name}.json"
     device = torch.device("cpu")
-    dataset, backbone = load_dataset(dataset_name, None, cache), build_backbone(BACKBONES[dataset_name], cache)
+    dataset = load_dataset(dataset_name, None, cache)
+    backbone = build_backbone(dataset.default_backbone, cache)
     method, protocol = get_method("covmatch"), get_protocol("trainable-text")
     eval_params = protocol.default_params(dataset_name)
     if students is not None:
@@ -98,7 +98,7 @@ def main(dataset_name: str, seeds: list[int], names: list[str], students: int | 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="shapes", choices=sorted(BACKBONES))
+    parser.add_argument("--dataset", default="shapes", choices=sorted(EMBEDDED))
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--variants", default="default,none,protocol-lrs,x0.1,reset10", help="comma-separated")
     parser.add_argument("--students", type=int, default=None, help="students per set (default: the protocol's)")
