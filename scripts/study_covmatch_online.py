@@ -36,14 +36,15 @@ RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 def variants(eval_lrs: tuple[float, float], eval_epochs: int) -> dict[str, tuple[str, dict]]:
     """Short name -> (the name in the results file, the change to CovMatch's embedded defaults).
 
-    The default online model trains at the backbone's lrs (0.01 / 0.1, the paper's) and resets every 50
-    iterations. The paper's students train at those same lrs for 100 steps (N=100, batch 128, 100 epochs), so
+    The online model once trained at the backbone's lrs (0.01 / 0.1, the paper's: "paper-lrs", the study's
+    "default" before the embedded default became the protocol's lrs) and resets every 50 iterations. The paper's students train at those same lrs for 100 steps (N=100, batch 128, 100 epochs), so
     an online run of 50 steps covers half a student's path; the embedded protocol's students take `eval_epochs`
     steps at `eval_lrs`. "protocol-lrs-reset20" keeps the paper's proportion on the embedded protocol.
     """
     half = max(1, eval_epochs // 2)
     return {
-        "default": ("default (online lrs 0.01/0.1)", {}),
+        # The name in the results file is kept from when these were the embedded default.
+        "paper-lrs": ("default (online lrs 0.01/0.1)", {"lr_encoder": 0.01, "lr_projection": 0.1}),
         "none": ("no online update", {"online_update": False}),
         "protocol-lrs": ("online at the protocol's lrs", {"lr_encoder": eval_lrs[0], "lr_projection": eval_lrs[1]}),
         "x0.1": ("online lrs x0.1 (0.001/0.01)", {"lr_encoder": 0.001, "lr_projection": 0.01}),
@@ -100,7 +101,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="shapes", choices=sorted(EMBEDDED))
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
-    parser.add_argument("--variants", default="default,none,protocol-lrs,x0.1,reset10", help="comma-separated")
+    parser.add_argument("--variants", default="paper-lrs,none,protocol-lrs,x0.1,reset10", help="comma-separated")
     parser.add_argument("--students", type=int, default=None, help="students per set (default: the protocol's)")
     args = parser.parse_args()
     main(args.dataset, [int(s) for s in args.seeds.split(",")], args.variants.split(","), args.students)

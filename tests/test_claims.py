@@ -88,3 +88,18 @@ def test_a_students_only_cut_is_compared_like_with_like_and_named():
     frozen = by[("trainable-text beats frozen-text for CovMatch",
                  "covmatch N=100 vs covmatch (text_trainable=False) N=100")]
     assert frozen["protocol"] == "trainable-text (n_students=1) vs frozen-text" and frozen["gain"] == pytest.approx(5.0)
+
+
+def test_rows_of_an_older_default_never_speak_for_the_method_nor_mix_seeds():
+    """Records made under an older code default share CovMatch's label; the newest settings' rows are its
+    default, whole, and the older rows (which cover a seed the newer ones lack) never fill in a seed."""
+    old = [make_record(f"old-{s}", method="covmatch", protocol="trainable-text", size=100, seed=s,
+                       method_params={"lr_encoder": None}, finished_utc="2026-12-01T00:00:00+00:00",
+                       metrics=metrics(v)) for s, v in enumerate([90.0, 90.0, 90.0, 90.0])]
+    new = [make_record(f"new-{s}", method="covmatch", protocol="trainable-text", size=100, seed=s,
+                       method_params={"lr_encoder": 0.003}, finished_utc="2026-12-02T00:00:00+00:00",
+                       metrics=metrics(v)) for s, v in enumerate([30.0, 31.0, 32.5])]
+    recs = old + new + _rows("random", [20.0, 21.0, 22.0, 23.0])
+    table = claims_table(records_frame(recs))
+    row = table[table["comparison"] == "covmatch N=100 vs random N=100"].iloc[0]
+    assert row["gain"] == pytest.approx((10 + 10 + 10.5) / 3) and row["n_seeds"] == 3

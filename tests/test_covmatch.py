@@ -217,3 +217,18 @@ def test_the_online_study_variants_are_valid_covmatch_settings():
     _, change = table["protocol-lrs-reset20"]
     assert change == {"lr_encoder": 0.003, "lr_projection": 0.03, "reset_every": 20}
     assert table["none"][1] == {"online_update": False}
+    assert table["paper-lrs"][1] == {"lr_encoder": 0.01, "lr_projection": 0.1}
+
+
+def test_the_embedded_online_model_trains_at_the_embedded_students_lrs():
+    """CovMatch's embedded online lrs were chosen as the protocols' student lrs (methods/covmatch.py): if one
+    moves, the other must, or the online model again trains unlike the students that score the set."""
+    from mmdd_bench.methods.covmatch import EMBEDDED_ONLINE_LRS
+    from mmdd_bench.protocols.base import EMBEDDED_DEFAULTS
+
+    assert EMBEDDED_ONLINE_LRS == (EMBEDDED_DEFAULTS["lr_encoder"], EMBEDDED_DEFAULTS["lr_projection"])
+    for dataset in ("shapes", "scenes"):
+        params = get_method("covmatch").default_params(100, dataset)
+        assert (params.lr_encoder, params.lr_projection) == EMBEDDED_ONLINE_LRS
+    paper = get_method("covmatch").default_params(100, "flickr30k")
+    assert (paper.lr_encoder, paper.lr_projection) == (None, None)  # the backbone's: the paper's 0.01 / 0.1

@@ -45,7 +45,8 @@ def test_records_with_different_settings_never_merge_and_baselines_stay_honest(t
     lors = leaderboard(records_frame(recs + no_sim)).set_index("method").loc["lors"]
     assert lors["gain_vs_random"] == 1.0  # random carries no similarity either: its default evaluation
     md = to_markdown(board)
-    assert md.count("[settings ") == 2 and "| random |  |" in md  # only the clashing label is disambiguated
+    # only the clashing label is disambiguated, by the parameter that differs
+    assert md.count("[iterations=") == 2 and "| covmatch | [iterations=100] |" in md and "| random |  |" in md
     for r in recs:
         r.save(tmp_path)
     written = {p.name for p in write_leaderboards(tmp_path)}  # plots label the two covmatch series apart

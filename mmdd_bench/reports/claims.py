@@ -14,7 +14,8 @@ Each claim is a set of comparisons, every one a gain paired by seed with its 95%
 A claim **holds** when every comparison's interval lies above 0, **fails** when some comparison's interval
 lies below 0, and is **not shown** otherwise (an interval contains 0); **not measured** when the records hold
 no comparison. Only rows of sets scored with the backbone that distilled them enter; the default row of a method
-is the one without a variant. Each side is scored with the protocol's default evaluation or, where an experiment
+is the one without a variant (of the newest records' settings, where an older code default left rows of the same
+label). Each side is scored with the protocol's default evaluation or, where an experiment
 cut only the number of students (``n_students=1`` on ``scenes``: every student is an independent draw, so the mean
 over seeds stays unbiased, only noisier), with that cut; a same-protocol comparison needs both sides scored alike
 (the default preferred), and the cut is named in the comparison's protocol. Any other evaluation variant (fewer
@@ -65,8 +66,14 @@ def _matching(frame: pd.DataFrame, row: Row) -> pd.DataFrame:
 
 
 def _per_seed(frame: pd.DataFrame, row: Row, eval_variant: str) -> dict[int, float]:
+    """The row's r_mean per seed. Where records of several settings share the row's label (records made
+    under an older code default beside today's), the settings of the newest record speak for it, whole: seeds
+    are never mixed across settings."""
     part = _matching(frame, row)
     part = part[part["eval_variant"] == eval_variant]
+    if part["settings"].nunique() > 1:
+        newest = part.sort_values(["finished_utc", "run_id"], kind="stable")["settings"].iloc[-1]
+        part = part[part["settings"] == newest]
     return dict(zip(part["seed"].astype(int), part["r_mean"].astype(float), strict=True))
 
 

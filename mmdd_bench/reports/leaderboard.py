@@ -16,6 +16,7 @@ equal-bytes curves and the baselines themselves come from B's own rows only.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -45,7 +46,8 @@ COLUMNS = [*LABEL, "n_seeds"] + [c for m in METRIC_NAMES for c in (m, f"{m}_std"
     "gain_vs_random", "storage_bytes", "distill_s", "settings", "distilled_backbone",
     "r_mean_ci_low", "r_mean_ci_high", "gain_ci_low", "gain_ci_high", "vs_random", "deterministic", "n_pairs",
     "budget_pairs", "pairs_equal_bytes", "random_equal_bytes", "gain_equal_bytes",
-    "backbone_weights", "train_fingerprint", "test_fingerprint", "ceiling_r_mean", "share_of_ceiling"]
+    "backbone_weights", "train_fingerprint", "test_fingerprint", "ceiling_r_mean", "share_of_ceiling",
+    "settings_detail"]
 CEILING_METHOD = "full-data"
 
 
@@ -56,6 +58,13 @@ def settings_id(record: RunRecord) -> str:
     if record.distilled_backbone:  # a transfer: which weights distilled the set (only then: old hashes stay)
         settings["distilled_backbone_weights"] = record.distilled_backbone_weights
     return canonical_id(settings)[:8]
+
+
+def settings_detail(record: RunRecord) -> str:
+    """What ``settings_id`` hashes that a reader can tell apart: the method's version and the method and
+    protocol parameters (JSON), so rows of one label but different settings can say how they differ."""
+    return json.dumps({"method_version": record.method_version, "method": record.method_params,
+                       "protocol": record.protocol_params}, sort_keys=True, default=str)
 
 
 def own(board: pd.DataFrame) -> pd.Series:
@@ -77,6 +86,7 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
         row = {"dataset": r.dataset, "backbone": r.backbone, "protocol": r.protocol,
                "protocol_version": r.protocol_version, "eval_variant": r.eval_variant, "method": r.method,
                "variant": r.variant, "distilled_backbone": r.distilled_backbone or "", "settings": settings_id(r),
+               "settings_detail": settings_detail(r),
                "backbone_weights": r.backbone_weights,
                "train_fingerprint": r.dataset_fingerprints.get("train", ""),
                "test_fingerprint": r.dataset_fingerprints.get("test", ""), "size": r.size, "seed": r.seed,
@@ -87,7 +97,8 @@ def records_frame(records: list[RunRecord]) -> pd.DataFrame:
         row.update({m: r.metrics["mean"].get(m, np.nan) for m in METRIC_NAMES})
         rows.append(row)
     return pd.DataFrame(rows, columns=[*KEY, "seed", "run_id", "finished_utc", "deterministic", "storage_bytes",
-                                       "n_pairs", "budget_pairs", "distill_s", "eval_aids", *METRIC_NAMES])
+                                       "n_pairs", "budget_pairs", "distill_s", "eval_aids", "settings_detail",
+                                       *METRIC_NAMES])
 
 
 def one_record_per_seed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -119,6 +130,7 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     for column in ("storage_bytes", "n_pairs", "budget_pairs", "distill_s"):
         out[column] = grouped[column].mean()
     out["deterministic"] = grouped["deterministic"].any()
+    out["settings_detail"] = grouped["settings_detail"].first()  # one settings hash: one detail
     per_seed = grouped.apply(lambda g: dict(zip(g["seed"], g["r_mean"], strict=True)), include_groups=False)
     intervals = [mean_interval(list(values.values())) for values in per_seed]
     out["r_mean_ci_low"] = [lo for lo, _ in intervals]
@@ -220,12 +232,33 @@ def equal_bytes(board: pd.DataFrame) -> list[tuple[float, float]]:
     return out
 
 
-def label_clashes(board: pd.DataFrame) -> list[bool]:
-    """Rows whose visible label (method, variant, evaluation, source backbone, size) is shared with a row of
-    other settings."""
+def _flat(detail: str) -> dict[str, str]:
+    parsed = json.loads(detail) if detail else {}
+    flat = {"method_version": f"v{parsed.get('method_version')}"}
+    flat.update({k: str(v) for k, v in (parsed.get("method") or {}).items()})
+    flat.update({f"eval.{k}": str(v) for k, v in (parsed.get("protocol") or {}).items()})
+    return flat
+
+
+def settings_labels(board: pd.DataFrame) -> list[str]:
+    """Per row, how it differs from the rows that share its visible label: the method version and the method
+    and protocol parameters whose values differ among them (``lr_encoder=0.003``; ``None`` is the backbone's
+    own value), or the settings hash where only the weights or splits differ; "" where no other row shares
+    the label. This is how a row made under an older default reads apart from today's."""
+    labels = [""] * len(board)
     if board.empty:
-        return []
-    return list(board.groupby([*LABEL, "distilled_backbone"], dropna=False)["settings"].transform("nunique") > 1)
+        return labels
+    positions = {index: i for i, index in enumerate(board.index)}
+    for _, group in board.groupby([*LABEL, "distilled_backbone"], dropna=False):
+        if group["settings"].nunique() < 2:
+            continue
+        flats = {index: _flat(detail) for index, detail in group["settings_detail"].items()}
+        keys = sorted({k for f in flats.values() for k in f})
+        differing = [k for k in keys if len({f.get(k, "-") for f in flats.values()}) > 1]
+        for index, flat in flats.items():
+            shown = ", ".join(f"{k}={flat.get(k, '-')}" for k in differing)
+            labels[positions[index]] = f"[{shown}]" if shown else f"[settings {group.loc[index, 'settings']}]"
+    return labels
 
 
 def _number(value: float, fmt: str = "{:.2f}") -> str:
@@ -258,10 +291,10 @@ MARKDOWN_COLUMNS = ["method", "variant", "eval_variant", "size", "n_seeds", "i2t
 def display_rows(board: pd.DataFrame) -> list[list[str]]:
     """The leaderboard as text cells (Markdown and the page show the same thing)."""
     rows = []
-    for (_, row), clash in zip(board.iterrows(), label_clashes(board), strict=True):
+    for (_, row), settings in zip(board.iterrows(), settings_labels(board), strict=True):
         method = method_label(row["method"], row["distilled_backbone"])
         method = f"{method} {DETERMINISTIC_MARK}" if row["deterministic"] else method
-        variant = f"{row['variant']} [settings {row['settings']}]".strip() if clash else row["variant"]
+        variant = f"{row['variant']} {settings}".strip()
         cells = [method, variant, row["eval_variant"], str(row["size"]), str(row["n_seeds"])]
         cells += [metric_cell(row[m], row[f"{m}_std"]) for m in METRIC_NAMES]
         cells += [interval_cell(row["r_mean_ci_low"], row["r_mean_ci_high"]),
@@ -294,5 +327,5 @@ def published_markdown(published: pd.DataFrame) -> str:
 
 
 __all__ = ["BASE", "CEILING_METHOD", "COLUMNS", "ceilings", "KEY", "LABEL", "NEAR_RANDOM", "baseline_rows", "display_rows",
-           "label_clashes", "leaderboard", "method_label", "one_record_per_seed", "own", "published_markdown",
-           "records_frame", "settings_id", "to_markdown"]
+           "leaderboard", "method_label", "one_record_per_seed", "own", "published_markdown",
+           "records_frame", "settings_detail", "settings_id", "settings_labels", "to_markdown"]

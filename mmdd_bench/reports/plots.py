@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .leaderboard import label_clashes, method_label  # noqa: E402
+from .leaderboard import method_label, settings_labels  # noqa: E402
 from .published import published_for  # noqa: E402
 
 
@@ -31,18 +31,16 @@ def _save(fig, stem: Path) -> list[Path]:
 
 def series_name(method: str, variant: str, eval_variant: str, settings: str = "") -> str:
     """One label per leaderboard series: the method, its variant, how it was evaluated if not default, and
-    its settings hash when the same label also names rows of other settings."""
+    how its settings differ when the same label also names rows of other settings (``settings_labels``)."""
     name = f"{method} [{variant}]" if variant else method
     name = f"{name} (eval {eval_variant})" if eval_variant else name
-    return f"{name} {{{settings}}}" if settings else name
+    return f"{name} {settings}" if settings else name
 
 
 def _with_series(board: pd.DataFrame) -> pd.DataFrame:
     board = board.copy()
-    clash = label_clashes(board)
-    board["series"] = [series_name(method_label(r.method, r.distilled_backbone), r.variant, r.eval_variant,
-                                   r.settings if c else "")
-                       for r, c in zip(board.itertuples(index=False), clash, strict=True)]
+    board["series"] = [series_name(method_label(r.method, r.distilled_backbone), r.variant, r.eval_variant, label)
+                       for r, label in zip(board.itertuples(index=False), settings_labels(board), strict=True)]
     return board
 
 
