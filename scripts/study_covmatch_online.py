@@ -9,7 +9,12 @@ what is there, and two processes (one per seed or per variant) may share the fil
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python scripts/study_covmatch_online.py --seeds 0,1
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python scripts/study_covmatch_online.py --dataset scenes \
-        --students 1 --variants default,none,protocol-lrs,protocol-lrs-reset20
+        --students 1 --variants paper-lrs,none,protocol-lrs,protocol-lrs-reset20
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python scripts/study_covmatch_online.py --dataset scenes --size 200 \
+        --students 1 --variants protocol-lrs,none,protocol-lrs-syn-x0.7
+
+A set that a harness run in ``--results`` already distilled with the same parameters is reused (the
+distillation is deterministic); each entry also records how far the set moved from its start (``drift``).
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ import torch
 from filelock import FileLock
 
 from mmdd_bench.data import EMBEDDED, load_dataset
+from mmdd_bench.data.real_batches import RealBatches
+from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.encoders import build_backbone
 from mmdd_bench.method import DistillContext, get_method
+from mmdd_bench.params import identity_dict
 from mmdd_bench.protocols import get_protocol
 from mmdd_bench.protocols.base import summarize
 
@@ -53,10 +61,45 @@ def variants(eval_lrs: tuple[float, float], eval_epochs: int) -> dict[str, tuple
                                  {"lr_encoder": eval_lrs[0], "lr_projection": eval_lrs[1], "reset_every": half}),
         "600": ("600 iterations", {"iterations": 600}),
         "600-none": ("600 iterations, no online update", {"iterations": 600, "online_update": False}),
+        # The online model's trained heads give larger gradients, so the synthetic set moves further from its
+        # start (see `drift`): does the update hurt through that larger step or through its direction?
+        "protocol-lrs-syn-x0.7": ("online at the protocol's lrs, synthetic lrs x0.7",
+                                  {"lr_encoder": eval_lrs[0], "lr_projection": eval_lrs[1], "scale_syn_lrs": 0.7}),
     }
 
 
-def main(dataset_name: str, seeds: list[int], names: list[str], students: int | None) -> None:
+def drift(distilled, dataset, backbone, cache: Path) -> dict[str, float]:
+    """How far the learned set moved from its start (random's pairs, unaugmented on the embedded sets): the
+    mean relative L2 change per image and per real token embedding."""
+    pairs = distilled.extras["source_pairs"].numpy()
+    real = RealBatches(dataset, cache, torch.device("cpu"), backbone.image_size, backbone.mean, backbone.std)
+    start_images = real.batch(pairs, torch.Generator().manual_seed(0))
+    real.close()
+    ids, _ = backbone.tokenize([dataset.train.captions[i] for i in pairs])
+    with torch.no_grad():
+        start_text = backbone.text_encoder.embed_tokens(ids)
+    tokens = distilled.attention_mask.bool()
+    images = (distilled.images - start_images).flatten(1).norm(dim=1) / start_images.flatten(1).norm(dim=1)
+    text = (distilled.text_embeddings - start_text)[tokens].norm(dim=-1) / start_text[tokens].norm(dim=-1)
+    return {"image_drift": round(images.mean().item(), 4), "token_drift": round(text.mean().item(), 4)}
+
+
+def saved_set(results_dir: Path, dataset_name: str, method, identity: dict, size: int, seed: int, weights: str):
+    """The set a harness run already distilled with exactly these parameters (the distillation is
+    deterministic, so it is the set this study would make), or None."""
+    for path in sorted((results_dir / "runs").glob("*.json")):
+        record = json.loads(path.read_text())
+        if (record.get("dataset"), record.get("method"), record.get("method_version"), record.get("size"),
+                record.get("seed"), record.get("backbone_weights"), record.get("method_params")) == (
+                dataset_name, method.name, method.version, size, seed, weights, identity):
+            artifact = results_dir / "artifacts" / f"{record['distill_id']}.json"
+            if artifact.is_file():
+                return DistilledSet.load(artifact), record["distill_id"]
+    return None
+
+
+def main(dataset_name: str, seeds: list[int], names: list[str], students: int | None, size: int,
+         results_dir: Path) -> None:
     cache = Path(os.environ.get("MMDD_BENCH_CACHE", Path.home() / ".cache" / "mmdd-bench"))
     out = RESULTS / f"covmatch-online-{dataset_name}.json"
     device = torch.device("cpu")
@@ -77,17 +120,28 @@ def main(dataset_name: str, seeds: list[int], names: list[str], students: int | 
     for seed in seeds:
         for short in names:
             name, change = table[short]
-            key = f"{name} / seed {seed}"
+            key = f"{name} / seed {seed}" if size == 100 else f"{name} / N={size} / seed {seed}"
             if key in results:
                 continue
             start = time.time()
-            params = dataclasses.replace(method.default_params(100, dataset_name), **change)
-            distilled = method.distill(DistillContext(dataset.train_view(), backbone, 100, seed, device, cache), params)
+            change = dict(change)
+            scale = change.pop("scale_syn_lrs", 1.0)
+            params = dataclasses.replace(method.default_params(size, dataset_name), **change)
+            params = dataclasses.replace(params, lr_images=params.lr_images * scale, lr_text=params.lr_text * scale)
+            identity = identity_dict(method.resolve_params(params, backbone))
+            found = saved_set(results_dir, dataset_name, method, identity, size, seed, backbone.weights_id)
+            if found is not None:
+                distilled, source = found
+                print(f"{key}: the set of harness run {source} (same parameters)", flush=True)
+            else:
+                ctx = DistillContext(dataset.train_view(), backbone, size, seed, device, cache)
+                distilled, source = method.distill(ctx, params), "distilled here"
             result = protocol.evaluate(distilled, dataset, backbone, eval_params, seed, device, cache,
                                        also_score=("val",))
             val = summarize(result.other_splits["val"])[0]["r_mean"]
             results[key] = {"val": round(val, 2), "test": round(result.mean["r_mean"], 2),
-                            "students": eval_params.n_students, "seconds": round(time.time() - start)}
+                            "students": eval_params.n_students, "seconds": round(time.time() - start),
+                            "set": source, **drift(distilled, dataset, backbone, cache)}
             out.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(out) + ".lock"):  # processes may share the file: merge, then replace
                 merged = {**(json.loads(out.read_text()) if out.is_file() else {}), key: results[key]}
@@ -103,5 +157,9 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--variants", default="paper-lrs,none,protocol-lrs,x0.1,reset10", help="comma-separated")
     parser.add_argument("--students", type=int, default=None, help="students per set (default: the protocol's)")
+    parser.add_argument("--size", type=int, default=100, help="pairs in the set")
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="a results folder whose saved sets are reused when their parameters match")
     args = parser.parse_args()
-    main(args.dataset, [int(s) for s in args.seeds.split(",")], args.variants.split(","), args.students)
+    main(args.dataset, [int(s) for s in args.seeds.split(",")], args.variants.split(","), args.students,
+         args.size, args.results)

@@ -225,13 +225,24 @@ def test_protocol_matrix_separates_method_from_protocol(tmp_path):
     assert (tmp_path / "leaderboard" / "shapes__tiny.protocol-matrix.md").read_text() == md
 
 
-def test_protocol_matrix_leaves_out_a_cell_of_ambiguous_settings():
-    from mmdd_bench.reports.matrix import protocol_matrix
+def test_protocol_matrix_gives_an_older_default_its_own_row_and_leaves_out_what_it_cannot_name():
+    from mmdd_bench.reports.matrix import matrix_markdown, protocol_matrix
 
     recs = matrix_records() + [make_record("old", method="covmatch", method_version="0", metrics=metrics(30.0))]
     matrix = protocol_matrix(leaderboard(records_frame(recs)))
-    assert ("covmatch", "frozen-text") not in set(zip(matrix["method"], matrix["protocol"], strict=True))
-    assert ("covmatch", "trainable-text") in set(zip(matrix["method"], matrix["protocol"], strict=True))
+    cells = set(zip(matrix["label"], matrix["protocol"], strict=True))
+    # Today's covmatch keeps one name under both protocols; the old version's set is its own row.
+    assert {("covmatch [method_version=v1]", "frozen-text"), ("covmatch [method_version=v1]", "trainable-text"),
+            ("covmatch [method_version=v0]", "frozen-text")} <= cells
+    assert not {label for label, _ in cells if label == "covmatch"}
+    md = matrix_markdown(leaderboard(records_frame(recs)), "shapes", "tiny")
+    assert "| covmatch [method_version=v0] | 30.00 (+20.00), 75% |  |" in md  # paired with seed 0 (random 10)
+    # Records that differ only in how they were scored cannot be told apart by the distillation: left out.
+    same_set = matrix_records() + [make_record("n1", method="covmatch", protocol_params={"n_students": 1},
+                                               metrics=metrics(30.0))]
+    matrix = protocol_matrix(leaderboard(records_frame(same_set)))
+    cells = set(zip(matrix["label"], matrix["protocol"], strict=True))
+    assert ("covmatch", "frozen-text") not in cells and ("covmatch", "trainable-text") in cells
 
 
 def test_published_share_of_the_lead_that_is_protocol():

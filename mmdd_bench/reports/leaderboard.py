@@ -232,27 +232,34 @@ def equal_bytes(board: pd.DataFrame) -> list[tuple[float, float]]:
     return out
 
 
-def _flat(detail: str) -> dict[str, str]:
+def _flat(detail: str, method_only: bool = False) -> dict[str, str]:
     parsed = json.loads(detail) if detail else {}
     flat = {"method_version": f"v{parsed.get('method_version')}"}
     flat.update({k: str(v) for k, v in (parsed.get("method") or {}).items()})
-    flat.update({f"eval.{k}": str(v) for k, v in (parsed.get("protocol") or {}).items()})
+    if not method_only:
+        flat.update({f"eval.{k}": str(v) for k, v in (parsed.get("protocol") or {}).items()})
     return flat
 
 
-def settings_labels(board: pd.DataFrame) -> list[str]:
+def settings_labels(board: pd.DataFrame, by: list[str] | None = None, method_only: bool = False) -> list[str]:
     """Per row, how it differs from the rows that share its visible label: the method version and the method
     and protocol parameters whose values differ among them (``lr_encoder=0.003``; ``None`` is the backbone's
     own value), or the settings hash where only the weights or splits differ; "" where no other row shares
-    the label. This is how a row made under an older default reads apart from today's."""
+    the label. This is how a row made under an older default reads apart from today's.
+
+    ``by`` are the columns that make the visible label (the leaderboard's by default); ``method_only`` compares
+    the distillations alone (method version and parameters), for a table whose rows span protocols: rows that
+    differ only in how they were scored then get no name, and the caller decides what to do with them."""
     labels = [""] * len(board)
     if board.empty:
         return labels
     positions = {index: i for i, index in enumerate(board.index)}
-    for _, group in board.groupby([*LABEL, "distilled_backbone"], dropna=False):
+    for _, group in board.groupby([*(LABEL if by is None else by), "distilled_backbone"], dropna=False):
         if group["settings"].nunique() < 2:
             continue
-        flats = {index: _flat(detail) for index, detail in group["settings_detail"].items()}
+        flats = {index: _flat(detail, method_only) for index, detail in group["settings_detail"].items()}
+        if method_only and len({json.dumps(f, sort_keys=True) for f in flats.values()}) < 2:
+            continue
         keys = sorted({k for f in flats.values() for k in f})
         differing = [k for k in keys if len({f.get(k, "-") for f in flats.values()}) > 1]
         for index, flat in flats.items():

@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from .leaderboard import CEILING_METHOD, gain_cell, own
+from .leaderboard import CEILING_METHOD, gain_cell, own, settings_labels
 
 MATRIX_COLUMNS = ["dataset", "backbone", "size", "method", "variant", "eval_variant", "protocol", "n_seeds",
                   "r_mean", "gain_vs_random", "gain_ci_low", "gain_ci_high", "vs_random", "share_of_ceiling", "ceiling_r_mean"]
@@ -23,8 +23,9 @@ PUBLISHED_LEAD = (("covmatch", "trainable-text"), ("lors", "frozen-text"))
 
 def protocol_matrix(board: pd.DataFrame) -> pd.DataFrame:
     """Long form of the matrix: one row per (dataset, backbone, size, method [variant], protocol). Where a cell
-    has rows under several evaluation overrides, the one without overrides fills it; a cell that rows of
-    different settings would still share (records from different code versions) is left out rather than
+    has rows under several evaluation overrides, the one without overrides fills it; rows of different settings
+    under one label (an older default's records) get their own row, named by how they differ
+    (``leaderboard.settings_labels``), and a cell those names still cannot tell apart is left out rather than
     picked from. The gains are the leaderboard's: over random under the same protocol and evaluation. Transfer
     evaluations (sets distilled with another backbone) are the transfer matrix's (``transfer.py``), not this one's."""
     rows = board[(board["method"] != CEILING_METHOD) & own(board)].copy()
@@ -32,6 +33,10 @@ def protocol_matrix(board: pd.DataFrame) -> pd.DataFrame:
     keys = ["dataset", "backbone", "size", "label", "protocol"]
     has_default_eval = rows.groupby(keys, dropna=False)["eval_variant"].transform(lambda e: (e == "").any())
     rows = rows[~has_default_eval | (rows["eval_variant"] == "")]
+    # Sets of an older default share today's label: name how their distillations differ, the same name under
+    # every protocol, so each set keeps one row.
+    names = settings_labels(rows, by=["dataset", "backbone", "size", "label"], method_only=True)
+    rows["label"] = [f"{label} {name}".strip() for label, name in zip(rows["label"], names, strict=True)]
     unique = rows.groupby(keys, dropna=False)["settings"].transform("size") == 1
     return rows[unique][["label", *MATRIX_COLUMNS]].sort_values(keys).reset_index(drop=True)
 
