@@ -34,6 +34,7 @@ from mmdd_bench.data.real_batches import RealBatches
 from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.encoders import build_backbone
 from mmdd_bench.method import DistillContext, get_method
+from mmdd_bench.methods.covmatch import EMBEDDED_LR_TEXT, CovMatchParams
 from mmdd_bench.params import identity_dict
 from mmdd_bench.protocols import get_protocol
 from mmdd_bench.protocols.base import summarize
@@ -64,7 +65,8 @@ def variants(eval_lrs: tuple[float, float], eval_epochs: int) -> dict[str, tuple
         # The online model's trained heads give larger gradients, so the synthetic set moves further from its
         # start (see `drift`): does the update hurt through that larger step or through its direction?
         "protocol-lrs-syn-x0.7": ("online at the protocol's lrs, synthetic lrs x0.7",
-                                  {"lr_encoder": eval_lrs[0], "lr_projection": eval_lrs[1], "scale_syn_lrs": 0.7}),
+                                  {"lr_encoder": eval_lrs[0], "lr_projection": eval_lrs[1],
+                                   "lr_images": CovMatchParams().lr_images * 0.7, "lr_text": EMBEDDED_LR_TEXT * 0.7}),
     }
 
 
@@ -124,10 +126,7 @@ def main(dataset_name: str, seeds: list[int], names: list[str], students: int | 
             if key in results:
                 continue
             start = time.time()
-            change = dict(change)
-            scale = change.pop("scale_syn_lrs", 1.0)
             params = dataclasses.replace(method.default_params(size, dataset_name), **change)
-            params = dataclasses.replace(params, lr_images=params.lr_images * scale, lr_text=params.lr_text * scale)
             identity = identity_dict(method.resolve_params(params, backbone))
             found = saved_set(results_dir, dataset_name, method, identity, size, seed, backbone.weights_id)
             if found is not None:

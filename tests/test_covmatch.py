@@ -217,6 +217,9 @@ def test_the_online_study_variants_are_valid_covmatch_settings():
     _, change = table["protocol-lrs-reset20"]
     assert change == {"lr_encoder": 0.003, "lr_projection": 0.03, "reset_every": 20}
     assert table["none"][1] == {"online_update": False}
+    # The step-size probe scales the embedded default's synthetic lrs, nothing else.
+    default, change = method.default_params(200, "scenes"), table["protocol-lrs-syn-x0.7"][1]
+    assert (change["lr_images"], change["lr_text"]) == (default.lr_images * 0.7, default.lr_text * 0.7)
     assert table["paper-lrs"][1] == {"lr_encoder": 0.01, "lr_projection": 0.1}
 
 
