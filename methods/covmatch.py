@@ -88,6 +88,49 @@ class CovMatchParams:
         return set() if self.online_update else {"lr_encoder", "lr_projection"}
 
 
+@dataclass
+class SyntheticStart:
+    """Where CovMatch's synthetic set starts: the images of the chosen real pairs (in the working memory
+    layout) and their captions, as token embeddings (trainable text) or frozen sentence embeddings."""
+
+    images: torch.Tensor
+    text: torch.Tensor
+    mask: torch.Tensor
+
+
+def synthetic_start(backbone, captions: list[str], real_images: RealBatches, pairs, params: CovMatchParams,
+                    gen: torch.Generator, device: torch.device) -> SyntheticStart:
+    """CovMatch's initial synthetic set for these pairs. One builder for the method and for the studies that
+    measure how far a set moved from its start (scripts/), so the two can never disagree. Draws the
+    augmentation from ``gen`` (real datasets; the embedded ones are never augmented)."""
+    # Laid out once in the working memory format, so the loop never re-lays out the synthetic images.
+    images = image_layout(real_images.batch(pairs, gen), params.channels_last)
+    ids, mask = backbone.tokenize([captions[i] for i in pairs])
+    ids, mask = ids.to(device), mask.to(device)
+    with torch.no_grad():
+        if params.text_trainable:
+            text = backbone.text_encoder.embed_tokens(ids).clone()
+        else:  # prior work's space: frozen sentence embeddings
+            text = backbone.text_encoder(ids, mask).clone()
+    return SyntheticStart(images, text, mask)
+
+
+def online_model(backbone, params: CovMatchParams, seed: int, iteration: int, device: torch.device):
+    """The online model CovMatch (re)starts at ``iteration`` (a reset): the pretrained encoders with fresh heads
+    seeded by (seed, iteration), and the SGD optimiser of its InfoNCE step. ``params`` must be resolved
+    (``CovMatch.resolve_params``: concrete online lrs). One builder for the method and the studies in scripts/.
+    The frozen-text ablation's online model is the frozen-text protocol's: no image head."""
+    if params.lr_encoder is None or params.lr_projection is None:
+        raise ValueError("online_model needs resolved params (CovMatch.resolve_params fills in the online lrs)")
+    model = backbone.dual_encoder(text_trainable=params.text_trainable, image_head=params.text_trainable,
+                                  seed=seed * 100_003 + iteration, device=device)
+    model.image_encoder = accelerate_image_encoder(model.image_encoder, params.channels_last, params.compile)
+    optimiser = torch.optim.SGD(
+        [{"params": model.encoder_parameters(), "lr": params.lr_encoder},
+         {"params": model.head_parameters(), "lr": params.lr_projection}], momentum=0.9, weight_decay=5e-4)
+    return model, optimiser
+
+
 # The embedded datasets run on CPUs: far fewer iterations than the paper's 10k/20k, and a lower text lr
 # than the paper's 1.0. With the tiny backbone's MiniLM embeddings one step at lr 1.0 moves the token
 # embeddings by ~12% of their norm (pixels by ~0.06%). Chosen on the shapes *val* split (N=100, seed 0,
@@ -161,23 +204,14 @@ class CovMatch(Method):
 
         # Initial synthetic set: N random real pairs (distinct images), images after train augmentation.
         _, init_pairs = initial_pairs(train, ctx.size, rng)
-        # Laid out once in the working memory format, so the loop never re-lays out the synthetic images.
-        syn_images = image_layout(real_images.batch(init_pairs, gen), params.channels_last).requires_grad_(True)
-        ids, syn_mask = bb.tokenize([train.captions[i] for i in init_pairs])
-        ids, syn_mask = ids.to(dev), syn_mask.to(dev)
-        with torch.no_grad():
-            if params.text_trainable:
-                syn_text = bb.text_encoder.embed_tokens(ids).clone()
-            else:  # prior work's space: frozen sentence embeddings
-                syn_text = bb.text_encoder(ids, syn_mask).clone()
-        syn_text.requires_grad_(True)
+        start = synthetic_start(bb, train.captions, real_images, init_pairs, params, gen, dev)
+        syn_images, syn_text, syn_mask = start.images.requires_grad_(True), start.text.requires_grad_(True), start.mask
         opt_syn = torch.optim.SGD([{"params": [syn_images], "lr": params.lr_images},
                                    {"params": [syn_text], "lr": params.lr_text}], momentum=params.momentum_syn)
         momentum = {"images": (opt_syn, syn_images), "text": (opt_syn, syn_text)}  # what a checkpoint keeps
 
         all_ids, all_mask = bb.tokenize(train.captions)  # tokenised once, sliced per batch
         resolved = self.resolve_params(params, bb)
-        lrs = (resolved.lr_encoder, resolved.lr_projection)
         syn_batch = ctx.size if ctx.size <= 200 else min(params.syn_batch, ctx.size)
         model = opt_model = None
         losses: list[float] = []
@@ -193,13 +227,7 @@ class CovMatch(Method):
                 save_loop_state(ctx.checkpoint_dir, learned, momentum, gen, rng, dev, it, losses)
             with timer.part("reset"):
                 if it % params.reset_every == 0:
-                    # The frozen-text ablation's online model is the frozen-text protocol's: no image head.
-                    model = bb.dual_encoder(text_trainable=params.text_trainable, image_head=params.text_trainable,
-                                            seed=ctx.seed * 100_003 + it, device=dev)
-                    model.image_encoder = accelerate_image_encoder(model.image_encoder, params.channels_last, params.compile)
-                    opt_model = torch.optim.SGD(
-                        [{"params": model.encoder_parameters(), "lr": lrs[0]},
-                         {"params": model.head_parameters(), "lr": lrs[1]}], momentum=0.9, weight_decay=5e-4)
+                    model, opt_model = online_model(bb, resolved, ctx.seed, it, dev)
             with timer.part("data"):
                 pairs = rng.choice(train.n_pairs, size=min(params.real_batch, train.n_pairs), replace=False)
                 real_imgs = image_layout(real_images.batch(pairs, gen), params.channels_last)
@@ -253,4 +281,5 @@ class CovMatch(Method):
         )
 
 
-__all__ = ["CovMatch", "CovMatchParams", "covmatch_loss", "cross_covariance"]
+__all__ = ["CovMatch", "CovMatchParams", "SyntheticStart", "covmatch_loss", "cross_covariance", "online_model",
+           "synthetic_start"]

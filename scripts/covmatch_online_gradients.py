@@ -30,7 +30,7 @@ from mmdd_bench.data.real_batches import RealBatches
 from mmdd_bench.encoders import build_backbone
 from mmdd_bench.encoders.heads import contrastive_loss
 from mmdd_bench.method import get_method
-from mmdd_bench.methods.covmatch import covmatch_loss
+from mmdd_bench.methods.covmatch import covmatch_loss, online_model, synthetic_start
 from mmdd_bench.pairs import initial_pairs
 from mmdd_bench.records import atomic_write_text
 
@@ -50,30 +50,23 @@ def gradient_norms(model, real_imgs, real_ids, real_mask, syn_images, syn_text, 
     return loss.item(), g_img.norm().item(), g_txt.norm().item()
 
 
-def main(dataset_name: str, size: int, seed: int, steps: int | None) -> None:
-    cache = Path(os.environ.get("MMDD_BENCH_CACHE", Path.home() / ".cache" / "mmdd-bench"))
+def measure(dataset, bb, cache: Path, size: int, seed: int, steps: int | None) -> dict:
+    """The per-step gradient norms and losses, online model against the pretrained one, and their mean ratios."""
     dev = torch.device("cpu")
-    dataset = load_dataset(dataset_name, None, cache)
-    bb = build_backbone(dataset.default_backbone, cache)
     method = get_method("covmatch")
-    params = method.resolve_params(method.default_params(size, dataset_name), bb)
+    params = method.resolve_params(method.default_params(size, dataset.name), bb)
     train = dataset.train
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     real = RealBatches(dataset, cache, dev, bb.image_size, bb.mean, bb.std)
     _, pairs0 = initial_pairs(train, size, rng)
-    syn_images = real.batch(pairs0, gen).requires_grad_(True)
-    ids, syn_mask = bb.tokenize([train.captions[i] for i in pairs0])
-    with torch.no_grad():
-        syn_text = bb.text_encoder.embed_tokens(ids).clone()
-    syn_text.requires_grad_(True)
+    start = synthetic_start(bb, train.captions, real, pairs0, params, gen, dev)
+    syn_images, syn_text, syn_mask = start.images.requires_grad_(True), start.text.requires_grad_(True), start.mask
     all_ids, all_mask = bb.tokenize(train.captions)
     torch.manual_seed(seed)
-    model = bb.dual_encoder(text_trainable=True, image_head=True, seed=seed * 100_003, device=dev)
-    pretrained = bb.dual_encoder(text_trainable=True, image_head=True, seed=seed * 100_003, device=dev)
-    opt = torch.optim.SGD([{"params": model.encoder_parameters(), "lr": params.lr_encoder},
-                           {"params": model.head_parameters(), "lr": params.lr_projection}],
-                          momentum=0.9, weight_decay=5e-4)
+    # CovMatch's own builder: the model it trains from its first reset, and the reset model it would restart at.
+    model, opt = online_model(bb, params, seed, 0, dev)
+    pretrained, _ = online_model(bb, params, seed, 0, dev)
     rows = []
     start = time.time()
     for it in range(params.reset_every if steps is None else steps):
@@ -97,15 +90,22 @@ def main(dataset_name: str, size: int, seed: int, steps: int | None) -> None:
     real.close()
     ratio_img = float(np.mean([r["grad_images"] / r["pretrained_grad_images"] for r in rows]))
     ratio_txt = float(np.mean([r["grad_text"] / r["pretrained_grad_text"] for r in rows]))
-    out = RESULTS / f"covmatch-online-gradients-{dataset_name}-N{size}-s{seed}.json"
-    summary = {"dataset": dataset_name, "size": size, "seed": seed, "backbone_weights": bb.weights_id,
+    return {"dataset": dataset.name, "size": size, "seed": seed, "backbone_weights": bb.weights_id,
                "online_lrs": [params.lr_encoder, params.lr_projection], "reset_every": params.reset_every,
                "rho": params.rho, "lam": params.lam,
                "mean_ratio_over_period": {"images": round(ratio_img, 3), "text": round(ratio_txt, 3)},
                "seconds": round(time.time() - start), "per_step": rows}
+
+
+def main(dataset_name: str, size: int, seed: int, steps: int | None) -> None:
+    cache = Path(os.environ.get("MMDD_BENCH_CACHE", Path.home() / ".cache" / "mmdd-bench"))
+    dataset = load_dataset(dataset_name, None, cache)
+    summary = measure(dataset, build_backbone(dataset.default_backbone, cache), cache, size, seed, steps)
+    out = RESULTS / f"covmatch-online-gradients-{dataset_name}-N{size}-s{seed}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(summary, indent=1))
-    print(f"mean over the period: images x{ratio_img:.2f}, text x{ratio_txt:.2f} -> {out}")
+    ratios = summary["mean_ratio_over_period"]
+    print(f"mean over the period: images x{ratios['images']:.2f}, text x{ratios['text']:.2f} -> {out}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from mmdd_bench.data.real_batches import RealBatches
 from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.encoders import build_backbone
 from mmdd_bench.method import DistillContext, get_method
-from mmdd_bench.methods.covmatch import EMBEDDED_LR_TEXT, CovMatchParams
+from mmdd_bench.methods.covmatch import EMBEDDED_LR_TEXT, CovMatchParams, synthetic_start
 from mmdd_bench.params import identity_dict
 from mmdd_bench.protocols import get_protocol
 from mmdd_bench.protocols.base import summarize
@@ -70,16 +70,15 @@ def variants(eval_lrs: tuple[float, float], eval_epochs: int) -> dict[str, tuple
     }
 
 
-def drift(distilled, dataset, backbone, cache: Path) -> dict[str, float]:
+def drift(distilled, dataset, backbone, params: CovMatchParams, cache: Path) -> dict[str, float]:
     """How far the learned set moved from its start (random's pairs, unaugmented on the embedded sets): the
     mean relative L2 change per image and per real token embedding."""
     pairs = distilled.extras["source_pairs"].numpy()
     real = RealBatches(dataset, cache, torch.device("cpu"), backbone.image_size, backbone.mean, backbone.std)
-    start_images = real.batch(pairs, torch.Generator().manual_seed(0))
+    start = synthetic_start(backbone, dataset.train.captions, real, pairs, params, torch.Generator().manual_seed(0),
+                            torch.device("cpu"))
     real.close()
-    ids, _ = backbone.tokenize([dataset.train.captions[i] for i in pairs])
-    with torch.no_grad():
-        start_text = backbone.text_encoder.embed_tokens(ids)
+    start_images, start_text = start.images, start.text
     tokens = distilled.attention_mask.bool()
     images = (distilled.images - start_images).flatten(1).norm(dim=1) / start_images.flatten(1).norm(dim=1)
     text = (distilled.text_embeddings - start_text)[tokens].norm(dim=-1) / start_text[tokens].norm(dim=-1)
@@ -140,7 +139,7 @@ def main(dataset_name: str, seeds: list[int], names: list[str], students: int | 
             val = summarize(result.other_splits["val"])[0]["r_mean"]
             results[key] = {"val": round(val, 2), "test": round(result.mean["r_mean"], 2),
                             "students": eval_params.n_students, "seconds": round(time.time() - start),
-                            "set": source, **drift(distilled, dataset, backbone, cache)}
+                            "set": source, **drift(distilled, dataset, backbone, params, cache)}
             out.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(out) + ".lock"):  # processes may share the file: merge, then replace
                 merged = {**(json.loads(out.read_text()) if out.is_file() else {}), key: results[key]}

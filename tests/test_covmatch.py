@@ -200,14 +200,19 @@ def test_covmatch_on_paper_architecture_and_flickr_layout(tmp_path, cache_dir):
     assert set(result.mean) >= {"i2t_R@1", "t2i_R@10", "r_mean"}
 
 
-def test_the_online_study_variants_are_valid_covmatch_settings():
-    """scripts/study_covmatch_online.py's variants must name real CovMatch fields with values its checks accept."""
+def load_script(name: str):
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "study_covmatch_online.py"
-    spec = importlib.util.spec_from_file_location("study_covmatch_online", path)
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_online_study_variants_are_valid_covmatch_settings():
+    """scripts/study_covmatch_online.py's variants must name real CovMatch fields with values its checks accept."""
+    study = load_script("study_covmatch_online")
     method = get_method("covmatch")
     table = study.variants((0.003, 0.03), 40)
     for _, change in table.values():
@@ -235,3 +240,18 @@ def test_the_embedded_online_model_trains_at_the_embedded_students_lrs():
         assert (params.lr_encoder, params.lr_projection) == EMBEDDED_ONLINE_LRS
     paper = get_method("covmatch").default_params(100, "flickr30k")
     assert (paper.lr_encoder, paper.lr_projection) == (None, None)  # the backbone's: the paper's 0.01 / 0.1
+
+
+def test_the_gradient_study_measures_covmatchs_own_first_step(tiny, mini, cache_dir):
+    """scripts/covmatch_online_gradients.py starts from CovMatch's own set and online model (the method's
+    builders): at step 0 its loss is the one CovMatch records at its first reset and the online model equals the
+    pretrained one exactly; one InfoNCE step later the two differ."""
+    summary = load_script("covmatch_online_gradients").measure(mini, tiny, cache_dir, 8, 3, 2)
+    first, second = summary["per_step"]
+    assert (first["loss"], first["grad_images"], first["grad_text"]) == (
+        first["pretrained_loss"], first["pretrained_grad_images"], first["pretrained_grad_text"])
+    assert second["grad_text"] != second["pretrained_grad_text"]
+    method = get_method("covmatch")
+    params = apply_overrides(method.default_params(8, "shapes-mini"), {"iterations": 1})
+    own = method.distill(DistillContext(mini, tiny, 8, 3, torch.device("cpu"), cache_dir), params)
+    assert own.meta["loss_at_resets"][0] == pytest.approx(first["loss"], abs=1e-4)
