@@ -116,3 +116,18 @@ def test_published_defaults_per_dataset_and_size():
     tesla = get_method("tesla-vl").default_params(200, "flickr30k")
     assert (tesla.lr_images, tesla.mini_batch) == (1000, 20) and not hasattr(tesla, "sim_rank")
     assert get_method("lors").default_params(100, "shapes").num_experts < 20
+
+
+def test_embedded_lors_keeps_its_similarity_scale_where_the_rank_drops_to_fit():
+    """With alpha fixed at 3 the ranks that fit the freed pair at N=200 / 500 (8 / 2) raised alpha / r to 1.5,
+    and LoRS's learned S collapsed at N=500 (methods/lors.py, chosen on val): the scale stays 0.3, the published
+    rank-10 one, and the published settings are untouched."""
+    from mmdd_bench.methods.lors import EMBEDDED_SCALE, LowRankSimilarity
+
+    m = get_method("lors")
+    for size, rank in ((50, 10), (100, 10), (200, 8), (500, 2)):
+        p = m.default_params(size, "scenes")
+        assert p.sim_rank == rank and p.sim_alpha / p.sim_rank == pytest.approx(EMBEDDED_SCALE) == pytest.approx(0.3)
+        sim = LowRankSimilarity(size - 1, p.sim_rank, p.sim_alpha, p.lr_sim, torch.Generator().manual_seed(0), CPU)
+        assert sim.scale.item() == pytest.approx(0.3)
+    assert (m.default_params(100, "flickr30k").sim_alpha, m.default_params(500, "flickr30k").sim_alpha) == (3.0, 0.01)
