@@ -31,6 +31,15 @@ from .protocols import get_protocol
 VOLATILE_META = ("timings", "peak_memory_mb")
 
 
+def stable_meta(meta: dict) -> dict:
+    """A set's meta without what measures the machine rather than the set: timings, memory, and how long its
+    experts took to train (0 when a second run loads them from the cache)."""
+    out = {k: v for k, v in meta.items() if k not in VOLATILE_META}
+    if isinstance(out.get("experts"), dict):
+        out["experts"] = {k: v for k, v in out["experts"].items() if k != "train_s"}
+    return out
+
+
 def differences(a: DistilledSet, b: DistilledSet) -> list[str]:
     """The fields in which two sets differ (empty: identical)."""
     out = []
@@ -50,8 +59,7 @@ def differences(a: DistilledSet, b: DistilledSet) -> list[str]:
         out.append(f"extras keys {sorted(a.extras)} vs {sorted(b.extras)}")
     else:
         out += [f"extras.{k}" for k in a.extras if tensors_differ(a.extras[k], b.extras[k])]
-    meta_a = {k: v for k, v in a.meta.items() if k not in VOLATILE_META}
-    meta_b = {k: v for k, v in b.meta.items() if k not in VOLATILE_META}
+    meta_a, meta_b = stable_meta(a.meta), stable_meta(b.meta)
     if meta_a != meta_b:
         out.append(f"meta keys {sorted(k for k in meta_a.keys() | meta_b.keys() if meta_a.get(k) != meta_b.get(k))}")
     return out
