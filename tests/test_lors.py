@@ -131,3 +131,26 @@ def test_embedded_lors_keeps_its_similarity_scale_where_the_rank_drops_to_fit():
         sim = LowRankSimilarity(size - 1, p.sim_rank, p.sim_alpha, p.lr_sim, torch.Generator().manual_seed(0), CPU)
         assert sim.scale.item() == pytest.approx(0.3)
     assert (m.default_params(100, "flickr30k").sim_alpha, m.default_params(500, "flickr30k").sim_alpha) == (3.0, 0.01)
+
+
+def test_the_similarity_study_counts_the_rows_whose_caption_is_outmatched():
+    """scripts/study_lors_similarity.py's measure of a broken S: the share of rows where another caption's
+    similarity reaches the row's own (the diagonal)."""
+    import importlib.util
+    from pathlib import Path
+
+    from mmdd_bench.distilled import DistilledSet
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "study_lors_similarity.py"
+    spec = importlib.util.spec_from_file_location("study_lors_similarity", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    left = torch.tensor([[1.0], [0.0], [0.0], [2.0]])
+    right = torch.tensor([[0.0], [0.0], [0.0], [1.0]])  # S[0, 3] = 1 * 1 = 1 >= diag 1; S[3, 3] = 1 + 2
+    extras = {"sim_diag": torch.ones(4), "sim_left": left, "sim_right": right, "sim_scale": torch.tensor(1.0)}
+    d = DistilledSet(images=torch.zeros(4, 3, 2, 2), text_kind="sentence_embeddings",
+                     text_embeddings=torch.zeros(4, 3), encoder_id="x", extras=extras)
+    described = study.describe_similarity(d)
+    assert described["rows_offdiag_ge_diag"] == 0.25 and described["max_offdiag"] == 1.0
+    assert described["mean_diag"] == 1.5  # (1 + 1 + 1 + 3) / 4
+    assert study.variants(2) == pytest.approx({"default": 3.0, "step": 3.0 * (0.2 ** 0.5), "scale": 0.6})
