@@ -173,11 +173,12 @@ EMBEDDED: dict = {"iterations": 30, "num_experts": 5, "lr_images": 100.0, "lr_te
                   "lr_sim": 10.0, "sim_rank": 10}
 # Where the rank must drop to fit (8 at N=200, 2 at N=500), a fixed alpha of 3 raised the scale alpha / r to 1.5
 # at rank 2, and an SGD step on R moves S's entries by about lr_sim * alpha^2 / r: LoRS collapsed at N=500 on
-# scenes (test r_mean 0.79-1.89 under its own protocol, seeds 0-2), its S telling 49-63% of the students'
+# scenes (test r_mean 0.79-2.94 under its own protocol, seeds 0-2), its S telling 49-63% of the students'
 # images that another caption matches as well as their own. Chosen on scenes *val*
 # (scripts/study_lors_similarity.py, benchmarks/results/lors-similarity-scenes.json; N=500, seed 0, rank 2;
 # frozen-text with S and learned lrs / frozen-encoders): alpha 3 (scale 1.5) 0.81 / 1.84; alpha 1.34 (the
-# rank-10 step alpha^2 / r) 13.59 / 24.55; alpha 0.6 (the rank-10 scale 0.3) 14.42 / 33.21. So the scale is kept,
+# rank-10 step alpha^2 / r) 13.59 / 24.55; alpha 0.6 (the rank-10 scale 0.3) 14.42 / 33.21 (25.94 under frozen-text
+# at the protocol's lrs instead of the learned ones: those, not S, cost the rest). So the scale is kept,
 # for every rank: at N=200 (rank 8, seed 0) alpha 3 gave 7.09 / 21.56 and alpha 2.4 6.85 / 22.22, within noise.
 EMBEDDED_SCALE = LoRSParams.sim_alpha / EMBEDDED["sim_rank"]  # 3 / 10, the published Flickr-100 values
 
