@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from mmdd_bench.data import EMBEDDED, load_dataset
-from mmdd_bench.distilled import DistilledSet
+from mmdd_bench.distilled import DistilledSet, similarity_block
 from mmdd_bench.encoders import build_backbone
 from mmdd_bench.method import DistillContext, get_method
 from mmdd_bench.protocols import get_protocol
@@ -57,7 +57,7 @@ def variants(rank: int) -> dict[str, float]:
 def describe_similarity(distilled: DistilledSet) -> dict[str, float]:
     """How far the learned S strays from a matching: rows whose largest off-diagonal reaches the diagonal."""
     x = distilled.extras
-    sim = torch.diag(x["sim_diag"]) + x["sim_scale"] * x["sim_left"] @ x["sim_right"].T
+    sim = similarity_block(x["sim_diag"], x["sim_left"], x["sim_right"], x["sim_scale"])  # the S students train on
     n = sim.shape[0]
     off_mask = ~torch.eye(n, dtype=torch.bool)
     row_max = sim.masked_fill(~off_mask, float("-inf")).max(1).values
