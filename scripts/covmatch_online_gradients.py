@@ -60,15 +60,16 @@ def measure(dataset, bb, cache: Path, size: int, seed: int, steps: int | None) -
     gen = torch.Generator().manual_seed(seed)
     real = RealBatches(dataset, cache, dev, bb.image_size, bb.mean, bb.std)
     _, pairs0 = initial_pairs(train, size, rng)
-    start = synthetic_start(bb, train.captions, real, pairs0, params, gen, dev)
-    syn_images, syn_text, syn_mask = start.images.requires_grad_(True), start.text.requires_grad_(True), start.mask
+    initial = synthetic_start(bb, train.captions, real, pairs0, params, gen, dev)
+    syn_images, syn_text = initial.images.requires_grad_(True), initial.text.requires_grad_(True)
+    syn_mask = initial.mask
     all_ids, all_mask = bb.tokenize(train.captions)
     torch.manual_seed(seed)
     # CovMatch's own builder: the model it trains from its first reset, and the reset model it would restart at.
     model, opt = online_model(bb, params, seed, 0, dev)
     pretrained, _ = online_model(bb, params, seed, 0, dev)
     rows = []
-    start = time.time()
+    started = time.time()
     for it in range(params.reset_every if steps is None else steps):
         batch = rng.choice(train.n_pairs, size=min(params.real_batch, train.n_pairs), replace=False)
         imgs = real.batch(batch, gen)
@@ -86,7 +87,7 @@ def measure(dataset, bb, cache: Path, size: int, seed: int, steps: int | None) -
         contrastive_loss(g_v, g_l).backward()
         opt.step()
         print(f"{it:3d}: grad images x{online[1] / fixed[1]:.2f} text x{online[2] / fixed[2]:.2f} "
-              f"of the pretrained model's ({time.time() - start:.0f} s)", flush=True)
+              f"of the pretrained model's ({time.time() - started:.0f} s)", flush=True)
     real.close()
     ratio_img = float(np.mean([r["grad_images"] / r["pretrained_grad_images"] for r in rows]))
     ratio_txt = float(np.mean([r["grad_text"] / r["pretrained_grad_text"] for r in rows]))
@@ -94,7 +95,7 @@ def measure(dataset, bb, cache: Path, size: int, seed: int, steps: int | None) -
                "online_lrs": [params.lr_encoder, params.lr_projection], "reset_every": params.reset_every,
                "rho": params.rho, "lam": params.lam,
                "mean_ratio_over_period": {"images": round(ratio_img, 3), "text": round(ratio_txt, 3)},
-               "seconds": round(time.time() - start), "per_step": rows}
+               "seconds": round(time.time() - started), "per_step": rows}
 
 
 def main(dataset_name: str, size: int, seed: int, steps: int | None) -> None:
