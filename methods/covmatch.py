@@ -131,6 +131,29 @@ def online_model(backbone, params: CovMatchParams, seed: int, iteration: int, de
     return model, optimiser
 
 
+def matching_loss(model, real: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                  syn: tuple[torch.Tensor, torch.Tensor, torch.Tensor], params: CovMatchParams,
+                  device: torch.device) -> torch.Tensor:
+    """One iteration's matching loss, differentiable in the synthetic images and text: the model in eval mode,
+    the real batch (images, token ids, mask) without gradients, the synthetic (images, text, mask) through the
+    same model, the loss in float32. One function for the method and the studies in scripts/."""
+    real_imgs, real_ids, real_mask = real
+    syn_images, syn_text, syn_mask = syn
+    model.eval()
+    with torch.no_grad(), autocast(device, params.amp):
+        h_v_r, g_v_r = model.image_features(real_imgs)
+        h_l_r, g_l_r = model.text_features_from_tokens(real_ids, real_mask)
+    with autocast(device, params.amp):
+        h_v_s, g_v_s = model.image_features(image_layout(syn_images, params.channels_last))
+        if params.text_trainable:
+            h_l_s, g_l_s = model.text_features_from_embeddings(syn_text, syn_mask)
+        else:  # sentence embeddings: only the text head sees them
+            h_l_s, g_l_s = syn_text, model.text_head(syn_text)
+    real_features = tuple(t.float() for t in (h_v_r, h_l_r, g_v_r, g_l_r))
+    syn_features = tuple(t.float() for t in (h_v_s, h_l_s, g_v_s, g_l_s))
+    return covmatch_loss(real_features, syn_features, params.rho, params.lam)
+
+
 # The embedded datasets run on CPUs: far fewer iterations than the paper's 10k/20k, and a lower text lr
 # than the paper's 1.0. With the tiny backbone's MiniLM embeddings one step at lr 1.0 moves the token
 # embeddings by ~12% of their norm (pixels by ~0.06%). Chosen on the shapes *val* split (N=100, seed 0,
@@ -235,21 +258,9 @@ class CovMatch(Method):
                 length = int(mask.sum(1).max())
                 real_ids, real_mask = all_ids[pairs, :length].to(dev), mask[:, :length].to(dev)
             with timer.part("model"):
-                model.eval()
-                with torch.no_grad(), autocast(dev, params.amp):
-                    h_v_r, g_v_r = model.image_features(real_imgs)
-                    h_l_r, g_l_r = model.text_features_from_tokens(real_ids, real_mask)
                 idx = torch.randperm(ctx.size, generator=gen)[:syn_batch].to(dev) if syn_batch < ctx.size else slice(None)
-                with autocast(dev, params.amp):
-                    h_v_s, g_v_s = model.image_features(image_layout(syn_images[idx], params.channels_last))
-                    if params.text_trainable:
-                        h_l_s, g_l_s = model.text_features_from_embeddings(syn_text[idx], syn_mask[idx])
-                    else:
-                        h_l_s = syn_text[idx]
-                        g_l_s = model.text_head(h_l_s)
-                real = tuple(t.float() for t in (h_v_r, h_l_r, g_v_r, g_l_r))  # the loss in float32
-                syn = tuple(t.float() for t in (h_v_s, h_l_s, g_v_s, g_l_s))
-                loss = covmatch_loss(real, syn, params.rho, params.lam)
+                loss = matching_loss(model, (real_imgs, real_ids, real_mask), (syn_images[idx], syn_text[idx], syn_mask[idx]),
+                                     params, dev)
                 finite.update(loss, it, "covmatch's loss; lower covmatch.lr_images / covmatch.lr_text")
                 opt_syn.zero_grad(set_to_none=True)
                 loss.backward(inputs=[syn_images, syn_text])
@@ -281,5 +292,5 @@ class CovMatch(Method):
         )
 
 
-__all__ = ["CovMatch", "CovMatchParams", "SyntheticStart", "covmatch_loss", "cross_covariance", "online_model",
+__all__ = ["CovMatch", "CovMatchParams", "SyntheticStart", "covmatch_loss", "cross_covariance", "matching_loss", "online_model",
            "synthetic_start"]

@@ -30,23 +30,18 @@ from mmdd_bench.data.real_batches import RealBatches
 from mmdd_bench.encoders import build_backbone
 from mmdd_bench.encoders.heads import contrastive_loss
 from mmdd_bench.method import get_method
-from mmdd_bench.methods.covmatch import covmatch_loss, online_model, synthetic_start
+from mmdd_bench.methods.covmatch import matching_loss, online_model, synthetic_start
 from mmdd_bench.pairs import initial_pairs
 from mmdd_bench.records import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
-def gradient_norms(model, real_imgs, real_ids, real_mask, syn_images, syn_text, syn_mask, rho, lam):
-    """The matching loss and its gradient norms on the synthetic images and token embeddings (model in eval)."""
-    model.eval()
-    with torch.no_grad():
-        h_v_r, g_v_r = model.image_features(real_imgs)
-        h_l_r, g_l_r = model.text_features_from_tokens(real_ids, real_mask)
-    h_v_s, g_v_s = model.image_features(syn_images)
-    h_l_s, g_l_s = model.text_features_from_embeddings(syn_text, syn_mask)
-    loss = covmatch_loss((h_v_r, h_l_r, g_v_r, g_l_r), (h_v_s, h_l_s, g_v_s, g_l_s), rho, lam)
-    g_img, g_txt = torch.autograd.grad(loss, [syn_images, syn_text])
+def gradient_norms(model, real, syn, params) -> tuple[float, float, float]:
+    """CovMatch's matching loss (the method's own function) and its gradient norms on the synthetic images and
+    token embeddings."""
+    loss = matching_loss(model, real, syn, params, torch.device("cpu"))
+    g_img, g_txt = torch.autograd.grad(loss, [syn[0], syn[1]])
     return loss.item(), g_img.norm().item(), g_txt.norm().item()
 
 
@@ -75,8 +70,8 @@ def measure(dataset, bb, cache: Path, size: int, seed: int, steps: int | None) -
         imgs = real.batch(batch, gen)
         length = int(all_mask[batch].sum(1).max())
         r_ids, r_mask = all_ids[batch, :length], all_mask[batch, :length]
-        online = gradient_norms(model, imgs, r_ids, r_mask, syn_images, syn_text, syn_mask, params.rho, params.lam)
-        fixed = gradient_norms(pretrained, imgs, r_ids, r_mask, syn_images, syn_text, syn_mask, params.rho, params.lam)
+        real_batch, syn = (imgs, r_ids, r_mask), (syn_images, syn_text, syn_mask)
+        online, fixed = gradient_norms(model, real_batch, syn, params), gradient_norms(pretrained, real_batch, syn, params)
         rows.append({"online_steps": it, "loss": round(online[0], 5), "grad_images": online[1], "grad_text": online[2],
                      "pretrained_loss": round(fixed[0], 5), "pretrained_grad_images": fixed[1],
                      "pretrained_grad_text": fixed[2]})
