@@ -20,7 +20,8 @@ work. Layout (YAML; TOML has the same keys)::
     slurm: {partition: gpu, time: "12:00:00", array_throttle: 8}   # retry_failed, executor, lock_timeout
 
 Precedence: command-line flags > a run entry > the file's top level > the defaults; ``--set`` is merged
-name by name (and wins over ``cells``). ``--print-config`` writes the resolved experiment (``resolve.py``).
+name by name (and wins over ``cells``). In a file of ``runs``, ``--methods`` and ``--sizes`` pick from each
+run's own instead (a run left with none is dropped): the runs of an ablation table differ on purpose. ``--print-config`` writes the resolved experiment (``resolve.py``).
 """
 
 from __future__ import annotations
@@ -227,6 +228,14 @@ def check_sets(sets: ScopeSets, methods: list[str], where: str, dataset: str, si
             raise UsageError(f"{where}: {exc}" if where else str(exc)) from None
 
 
+def _sizes_set_by_file(file: ExperimentFile, entry: Grid) -> bool:
+    return entry.sizes is not None or file.sizes is not None
+
+
+def _file_sizes(file: ExperimentFile) -> list[int]:
+    return sorted({n for e in file.runs or [] for n in (e.sizes or file.sizes or GRID_DEFAULTS["sizes"])})
+
+
 def build_experiment(file: ExperimentFile | None, flags: dict[str, Any] | None = None,
                      source: str = "command line", cache_dir: Path | None = None) -> Experiment:
     """The runs of ``file`` with the command-line ``flags`` laid over them (flags as in ``ExperimentFile``;
@@ -239,6 +248,7 @@ def build_experiment(file: ExperimentFile | None, flags: dict[str, Any] | None =
     opts.update({k: v for k, v in flags.items() if k in ("results", "cache_dir", "data_root", "device", "force",
                                                          "retry_failed", "lock_timeout")})
     runs = []
+    dropped_for_sizes = False
     entries = file.runs or [Grid()]
     for index, entry in enumerate(entries):
         where = f"{source}: runs[{index}]" if file.runs else (source if source != "command line" else "")
@@ -247,6 +257,7 @@ def build_experiment(file: ExperimentFile | None, flags: dict[str, Any] | None =
                       entry.model_dump(exclude_none=True)):
             grid.update({k: v for k, v in layer.items() if k not in ("set", "cells")})
         own_methods = list(dict.fromkeys(grid["methods"]))
+        own_sizes = list(dict.fromkeys(grid["sizes"]))
         grid.update({k: v for k, v in flags.items() if k in Grid.model_fields})
         methods = list(dict.fromkeys(grid["methods"]))
         if file.runs and "methods" in flags:
@@ -255,6 +266,12 @@ def build_experiment(file: ExperimentFile | None, flags: dict[str, Any] | None =
             # cells", never CovMatch in every other method's run.
             methods = [m for m in own_methods if m in flags["methods"]]
             if not methods:
+                continue
+        if file.runs and "sizes" in flags and _sizes_set_by_file(file, entry):
+            # Likewise --sizes: an ablation run pinned to N=100 is not run at 500 by `--sizes 500`.
+            grid["sizes"] = [n for n in own_sizes if n in flags["sizes"]]
+            if not grid["sizes"]:
+                dropped_for_sizes = True
                 continue
         sets = _merge_sets(file.set, entry.set, flag_sets)
         cells = [*(file.cells or []), *(entry.cells or [])]
@@ -277,6 +294,12 @@ def build_experiment(file: ExperimentFile | None, flags: dict[str, Any] | None =
             retry_failed=bool(opts.get("retry_failed", False)), debug=bool(grid.get("debug", False)),
             lock_timeout_s=float(opts.get("lock_timeout", 6 * 3600.0)),
             deterministic=bool(grid.get("deterministic", False)), cell_overrides=overrides))
+    if not runs and dropped_for_sizes:
+        raise UsageError(f"{source}: none of its runs has any of --sizes {','.join(map(str, flags['sizes']))}"
+                         + (f" with --methods {','.join(flags['methods'])}" if "methods" in flags else "")
+                         + f" (its sizes: {', '.join(map(str, _file_sizes(file)))}). In a file of runs, --sizes picks "
+                         "from each run's own sizes; to run other sizes, add them to the file or copy one run "
+                         "into a file of its own.")
     if not runs:
         raise UsageError(f"{source}: none of its runs has any of --methods {','.join(flags['methods'])} (its methods: "
                          f"{', '.join(dict.fromkeys(m for e in entries for m in (e.methods or file.methods or [])))}).")

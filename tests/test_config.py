@@ -224,8 +224,8 @@ def test_methods_flag_picks_from_each_run_of_a_file_of_runs(cache_dir, tmp_path)
                             cache_dir=cache_dir).runs
     assert [(r.methods, r.sizes) for r in runs] == [(["covmatch"], [4]), (["covmatch"], [4])]
     (random_only,) = build_experiment(load_experiment(path), {"results": str(tmp_path), "methods": ["random"],
-                                                              "sizes": [8]}, cache_dir=cache_dir).runs[1:]
-    assert (random_only.methods, random_only.sizes) == (["random"], [8])  # other flags still override
+                                                              "sizes": [8]}, cache_dir=cache_dir).runs
+    assert (random_only.methods, random_only.sizes) == (["random"], [8])  # --sizes picks too (next test)
     with pytest.raises(UsageError, match="none of its runs has any of --methods herding"):
         build_experiment(load_experiment(path), {"results": str(tmp_path), "methods": ["herding"]}, cache_dir=cache_dir)
     flat = tmp_path / "flat.yaml"
@@ -233,3 +233,26 @@ def test_methods_flag_picks_from_each_run_of_a_file_of_runs(cache_dir, tmp_path)
     (run,) = build_experiment(load_experiment(flat), {"results": str(tmp_path), "methods": ["herding"]},
                               cache_dir=cache_dir).runs
     assert run.methods == ["herding"]  # a flat file: flags override, as before
+
+
+def test_sizes_flag_picks_from_each_run_of_a_file_of_runs(cache_dir, tmp_path):
+    """`--sizes 16` on a file of runs means that file's N=16 cells: an ablation run pinned to N=4 is dropped,
+    never expanded to 16; seeds and the like still override; a flat file's sizes are replaced as before."""
+    path = tmp_path / "exp.yaml"
+    path.write_text("datasets: [shapes-mini]\nsizes: [4, 8, 16]\nseeds: [0]\nruns:\n"
+                    "  - {methods: [random, covmatch]}\n"
+                    "  - {methods: [covmatch], sizes: [4], set: {covmatch: {online_update: false}}}\n")
+    runs = build_experiment(load_experiment(path), {"results": str(tmp_path), "sizes": [16, 8], "seeds": [3]},
+                            cache_dir=cache_dir).runs
+    assert [(r.methods, r.sizes, r.seeds) for r in runs] == [(["random", "covmatch"], [8, 16], [3])]
+    (main_run, pinned) = build_experiment(load_experiment(path), {"results": str(tmp_path), "sizes": [4]},
+                                          cache_dir=cache_dir).runs
+    assert (pinned.sizes, main_run.sizes) == ([4], [4])
+    assert pinned.overrides["covmatch"]["online_update"] is False and not main_run.overrides.get("covmatch")
+    with pytest.raises(UsageError, match=r"none of its runs has any of --sizes 500 \(its sizes: 4, 8, 16\)"):
+        build_experiment(load_experiment(path), {"results": str(tmp_path), "sizes": [500]}, cache_dir=cache_dir)
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("methods: [random]\ndatasets: [shapes-mini]\nsizes: [4]\n")
+    (run,) = build_experiment(load_experiment(flat), {"results": str(tmp_path), "sizes": [500]},
+                              cache_dir=cache_dir).runs
+    assert run.sizes == [500]
