@@ -300,7 +300,8 @@ def _print_dry_run(grid, as_json: bool) -> None:
     for c in grid.cells:
         evals = ", ".join(f"{e.protocol} {e.run_id or '?'} {e.state}" for e in c.evals)
         rows.append((str(c.run), c.cell.dataset, c.cell.method, str(c.cell.size), str(c.cell.seed),
-                     (c.plan.evals[0].spec.variant if c.plan.evals else "") or "-", evals, actions[c.action],
+                     (c.plan.evals[0].spec.variant if c.plan.evals else "") or "-", evals,
+                     "evaluate only (set from an earlier cell)" if c.set_from_earlier_cell else actions[c.action],
                      _seconds(c.estimate.seconds) if c.action != "done" else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out.append(f"plan: {len(grid.cells)} cells")

@@ -102,6 +102,7 @@ class CellState:
     evals: list[EvalState] = field(default_factory=list)
     distill: Estimate | None = None
     experts: Estimate | None = None
+    set_from_earlier_cell: bool = False  # evaluate-only because an earlier cell of this plan distils its set
 
     @property
     def estimate(self) -> Estimate:
@@ -160,6 +161,9 @@ def plan_experiment(experiment: Experiment, log=lambda s: None) -> GridPlan:
     cells: list[CellState] = []
     unknown: dict[str, str] = {}
     figures = load_figures(experiment.runs[0].results_dir)
+    # Two cells of one set (runs of one file that score it under different protocols) distil it once: the
+    # runner's lock makes the later one wait and load it, so the plan must not count the distillation twice.
+    distilled_in_plan: set[str] = set()
     for index, run in enumerate(experiment.runs):
         planner, resources = planner_for(run, log)
         store = ResultsStore(run.results_dir)
@@ -184,7 +188,11 @@ def plan_experiment(experiment: Experiment, log=lambda s: None) -> GridPlan:
                 state.evals.append(EvalState(ev.protocol, ev.run_id, record, est, redo))
             if known:
                 saved = store.artifact_path(plan.distill_id).with_suffix(".json").is_file() and not run.force
-                state.action = "done" if not todo else ("evaluate" if saved else "distil")
+                state.set_from_earlier_cell = todo and not saved and plan.distill_id in distilled_in_plan
+                state.action = "done" if not todo else (
+                    "evaluate" if saved or state.set_from_earlier_cell else "distil")
+                if state.action == "distil":
+                    distilled_in_plan.add(plan.distill_id)
             state.distill = distill_estimate(figures, spec.name, spec.image_size, cell.method, cell.size, plan.params)
             if hasattr(planner.methods[cell.method], "experts"):
                 state.experts = experts_estimate(figures, spec.name, spec.image_size, plan.params)

@@ -49,6 +49,29 @@ def test_dry_run_tells_done_evaluate_only_and_distil_apart_without_loading_a_mod
     assert only["action"] == "done" and only["estimate_s"] == 0
 
 
+def test_dry_run_counts_a_set_scored_by_two_runs_once(cache_dir, tmp_path, capsys):
+    """A file whose runs score one set under different protocols distils it once (the later cell waits on the
+    lock and loads it): the plan's later cell is evaluate-only and the total has one distillation."""
+    assert main([*base(tmp_path, cache_dir), "--methods", "random", "--sizes", "4", "--quiet"]) == 0
+    capsys.readouterr()
+    exp = tmp_path / "two-runs.yaml"
+    exp.write_text("datasets: [shapes-mini]\nsizes: [4]\nseeds: [0]\nset: {eval: {epochs: 1, n_students: 1}}\n"
+                   "runs:\n  - {methods: [random], protocols: [trainable-text]}\n"
+                   "  - {methods: [random], protocols: [frozen-text]}\n")
+    args = ["run", "--config", str(exp), "--results", str(tmp_path / "res"), "--cache-dir", str(cache_dir),
+            "--dry-run", "--json"]
+    assert main([*args, "--force"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    first, second = plan["cells"]
+    assert first["distill_id"] == second["distill_id"]
+    assert (first["action"], second["action"]) == ("distil", "evaluate")
+    assert first["estimate_source"].startswith("distil") and "distil" not in second["estimate_source"]
+    assert main([*args[:-1], "--force"]) == 0
+    assert "evaluate only (set from an earlier cell)" in capsys.readouterr().out
+    assert main(args) == 0  # the set is saved now: both cells only evaluate, as before
+    assert [c["action"] for c in json.loads(capsys.readouterr().out)["cells"]] == ["done", "evaluate"]
+
+
 def test_status_shows_done_failed_running_and_missing(cache_dir, tmp_path, capsys, monkeypatch):
     from mmdd_bench.methods.random_subset import RandomSubset
 
