@@ -27,6 +27,7 @@ run's own instead (a run left with none is dropped): the runs of an ablation tab
 from __future__ import annotations
 
 import difflib
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +249,7 @@ def build_experiment(file: ExperimentFile | None, flags: dict[str, Any] | None =
     opts.update({k: v for k, v in flags.items() if k in ("results", "cache_dir", "data_root", "device", "force",
                                                          "retry_failed", "lock_timeout")})
     runs = []
+    force_since = time.time() if opts.get("force") else None  # one moment for every run of the file
     dropped_for_sizes = False
     entries = file.runs or [Grid()]
     for index, entry in enumerate(entries):
@@ -290,7 +292,7 @@ def build_experiment(file: ExperimentFile | None, flags: dict[str, Any] | None =
             methods=methods, datasets=grid["datasets"], sizes=grid["sizes"], seeds=grid["seeds"],
             results_dir=Path(opts.get("results", "results")), cache_dir=Path(opts.get("cache_dir") or cache_dir or "."),
             backbone=grid.get("backbone"), protocols=grid["protocols"], data_root=opts.get("data_root"),
-            device=opts.get("device", "auto"), overrides=sets, force=bool(opts.get("force", False)),
+            device=opts.get("device", "auto"), overrides=sets, force=bool(opts.get("force", False)), force_since=force_since,
             retry_failed=bool(opts.get("retry_failed", False)), debug=bool(grid.get("debug", False)),
             lock_timeout_s=float(opts.get("lock_timeout", 6 * 3600.0)),
             deterministic=bool(grid.get("deterministic", False)), cell_overrides=overrides))

@@ -13,6 +13,7 @@ how its resolved parameters differ from the resolved defaults, never by the flag
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ class RunConfig:
     device: str = "auto"
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     force: bool = False
+    # Under ``force``: when this invocation began. A set saved since then is its own (another run of the file,
+    # or another worker, made it) and is reused, not distilled again; every older one is redone.
+    force_since: float | None = None
     retry_failed: bool = False  # run only evaluations whose last record failed
     debug: bool = False  # smoke run under DEBUG_LIMITS: recorded, but never in a leaderboard
     lock_timeout_s: float = 6 * 3600.0  # how long to wait for a distillation another process is doing
@@ -70,6 +74,8 @@ class RunConfig:
         # Absolute paths: Ray workers and SLURM tasks may start in another working directory.
         self.results_dir = Path(self.results_dir).expanduser().absolute()
         self.cache_dir = Path(self.cache_dir).expanduser().absolute()
+        if self.force and self.force_since is None:
+            self.force_since = time.time()
         if not self.methods or not self.datasets or not self.sizes or not self.seeds:
             raise UsageError("a run needs at least one method, dataset, size and seed")
         bad = [s for s in self.seeds if s < 0]

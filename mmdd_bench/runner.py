@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from filelock import Timeout
@@ -214,7 +215,7 @@ class Runner:
         path = self.store.artifact_path(plan.distill_id)
         with self.store.lock(plan.distill_id, "distill", what=f"{describe(plan.cell)} distillation").acquire(
                 timeout=self.config.lock_timeout_s):
-            if path.with_suffix(".json").is_file() and not self.config.force:
+            if path.with_suffix(".json").is_file() and (not self.config.force or self._saved_since_force(path)):
                 distilled = self._saved_set(plan)
                 if distilled is not None:
                     self.log(f"  reusing distilled set {path.name}")
@@ -223,6 +224,11 @@ class Runner:
             if self.config.force:
                 self.store.clear_checkpoint(plan.distill_id)  # --force redoes the work, not its stale half
             return self._distill(plan)
+
+    def _saved_since_force(self, path: Path) -> bool:
+        """Whether ``--force`` already redid this set in this invocation (a set two runs of a file score)."""
+        since = self.config.force_since
+        return since is not None and path.with_suffix(".json").stat().st_mtime >= since
 
     def _saved_set(self, plan: CellPlan) -> DistilledSet | None:
         """A saved set, if it loads and its own metadata says it is this cell's; otherwise it is moved aside."""

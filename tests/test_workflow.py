@@ -70,6 +70,10 @@ def test_dry_run_counts_a_set_scored_by_two_runs_once(cache_dir, tmp_path, capsy
     assert "evaluate only (set from an earlier cell)" in capsys.readouterr().out
     assert main(args) == 0  # the set is saved now: both cells only evaluate, as before
     assert [c["action"] for c in json.loads(capsys.readouterr().out)["cells"]] == ["done", "evaluate"]
+    # and the runner agrees: under --force the first run redoes the set, the second reuses that new one
+    assert main([*args[:-2], "--force"]) == 0
+    log = capsys.readouterr()
+    assert (log.out + log.err).count("reusing distilled set") == 1
 
 
 def test_status_shows_done_failed_running_and_missing(cache_dir, tmp_path, capsys, monkeypatch):
