@@ -165,6 +165,22 @@ def test_students_trained_together_equal_students_trained_one_by_one(name, mini,
     assert together.per_student[0] != together.per_student[1]  # the students are distinct
 
 
+@pytest.mark.parametrize("students", ["together", "one-by-one"])
+def test_student_progress_counts_batches_from_before_the_first(students, mini, tiny, cache_dir):
+    """A full-data epoch runs for minutes: progress starts at 0 and moves every batch, not once an epoch."""
+    p = get_protocol("frozen-text")
+    calls = []
+    params = quick(p, epochs=2, n_students=2, batch_size=8, students=students)
+    p.evaluate(_sentence_set(mini, tiny, cache_dir, n=20), mini, tiny, params, 4, CPU, cache_dir,
+               progress=lambda what, done, total: calls.append((what, done, total)))
+    per_loop = {}
+    for what, done, total in calls:
+        per_loop.setdefault(what, []).append((done, total))
+    expected = [(k, 6) for k in range(7)]  # 2 epochs x ceil(20 / 8) batches, from 0
+    assert per_loop == ({"2 students together": expected} if students == "together"
+                        else {"student 1/2": expected, "student 2/2": expected})
+
+
 def test_trainable_text_students_train_one_by_one_and_say_why(mini, tiny, cache_dir):
     p = get_protocol("trainable-text")
     result = p.evaluate(real_set(mini, tiny, cache_dir, n=8), mini, tiny,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -358,6 +359,11 @@ class Protocol:
         dropout = HeadDropout(seed, model.text_head.dropout.p, dim or model.text_head.norm.normalized_shape[0],
                               isinstance(model.image_head, ProjectionHead), device)
         best = (-1.0, params.epochs, None)
+        # Progress counts batches, not epochs: a full-data epoch runs for minutes (tens of minutes under
+        # trainable-text), and a first line only after it would leave a log silent that long.
+        total, done = params.epochs * math.ceil(data.n / params.batch_size), 0
+        if progress:
+            progress(0, total)
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
             torch.manual_seed(seed)  # dropout inside a trained text encoder
             for epoch in range(1, params.epochs + 1):
@@ -377,13 +383,14 @@ class Protocol:
                     opt.zero_grad(set_to_none=True)
                     batch_loss.backward()
                     opt.step()
+                    done += 1
+                    if progress:
+                        progress(done, total)
                 sched.step()
                 if validate is not None and (epoch % params.val_every == 0 or epoch == params.epochs):
                     r = validate(model)["r_mean"]
                     if r > best[0]:
                         best = (r, epoch, copy.deepcopy(model.state_dict()))
-                if progress:
-                    progress(epoch, params.epochs)
         if validate is not None and best[2] is not None:
             model.load_state_dict(best[2])
         return best[1]
@@ -412,6 +419,10 @@ class Protocol:
             return contrastive_loss(g_img, g_txt) if loss is None else loss(g_img, g_txt, idx)
 
         batched = vmap(one, in_dims=(0, 0, 0, 0, 0, 0, 0), randomness="error")
+        what = f"{len(models)} students together"
+        total, done = params.epochs * math.ceil(data.n / params.batch_size), 0  # batches, as train_student
+        if progress:
+            progress(what, 0, total)
         for epoch in range(1, params.epochs + 1):
             orders = [torch.randperm(data.n, generator=g).split(params.batch_size) for g in gens]
             for batch in zip(*orders, strict=True):
@@ -427,9 +438,10 @@ class Protocol:
                 opt.zero_grad(set_to_none=True)
                 losses.sum().backward()
                 opt.step()
+                done += 1
+                if progress:
+                    progress(what, done, total)
             sched.step()
-            if progress:
-                progress(f"{len(models)} students together", epoch, params.epochs)
         with torch.no_grad():
             for k, step in enumerate(steps):
                 for name, p in step.named_parameters():
