@@ -62,6 +62,17 @@ def _cuda_facts() -> dict:
             "cudnn": collect_env.get_cudnn_version(run)}
 
 
+def _cpu_model() -> str:
+    """The CPU's name as the OS reports it (``platform.processor`` is empty on most Linux systems)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device) -> dict:
     """The device a result ran on and the flags that change its numerics (TF32, determinism)."""
     import torch
@@ -70,7 +81,10 @@ def environment(device) -> dict:
                  "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
                  "cudnn_deterministic": torch.backends.cudnn.deterministic,
                  "cudnn_benchmark": torch.backends.cudnn.benchmark,
-                 "cuda_compiled": torch.version.cuda, "cpu": platform.processor() or platform.machine()}
+                 "cuda_compiled": torch.version.cuda, "cpu": platform.processor() or platform.machine(),
+                 # Which kernels torch's CPU ops dispatch to (AVX2, AVX512, ...) and the CPU they ran on: the same
+                 # seed on two CPUs can give different floats, and chaotic loops (trajectory matching) amplify them.
+                 "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_model": _cpu_model()}
     if torch.cuda.is_available():
         index = torch.device(device).index if torch.device(device).type == "cuda" else None
         env.update({"gpu": torch.cuda.get_device_name(index if index is not None else torch.cuda.current_device()),

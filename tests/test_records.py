@@ -2,6 +2,7 @@ import json
 from dataclasses import asdict
 
 import pytest
+import torch
 
 from mmdd_bench.records import (
     SCHEMA_VERSION,
@@ -102,4 +103,6 @@ def test_provenance_block(tmp_path, cache_dir):
     assert "git_sha" in rec.versions and "git_dirty" in rec.versions
     env = rec.environment
     assert env["device"] == "cpu" and "deterministic_algorithms" in env and "gpu_count" in env and "torch_threads" in env
+    # The CPU's kernels and name: two CPUs can give the same seed different floats.
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["cpu_model"]
     assert isinstance(rec.command, list) and rec.command  # sys.argv of the process
