@@ -76,6 +76,10 @@ def test_write_leaderboards_with_published_and_plots(tmp_path):
     md = (tmp_path / "leaderboard" / "flickr30k__paper__trainable-text.md").read_text()
     assert "Published" in md and "CovMatch paper" in md and "| random |  |  | 100 | 2 |" in md
     assert pd.read_csv(tmp_path / "leaderboard" / "leaderboard.csv")["n_seeds"].tolist() == [2]
+    svg = tmp_path / "leaderboard" / "flickr30k__paper__trainable-text__r_mean_vs_size.svg"
+    first = svg.read_bytes()
+    write_leaderboards(tmp_path)
+    assert svg.read_bytes() == first  # a regenerated report leaves unchanged figures unchanged (git stays quiet)
 
 
 def test_published_data_is_packaged():

@@ -22,7 +22,9 @@ def _save(fig, stem: Path) -> list[Path]:
     for ext in ("png", "svg"):
         path = stem.with_name(f"{stem.name}.{ext}")  # never with_suffix: a dot in a name is not a suffix
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{ext}")
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
+        # No date and a fixed id salt: regenerating a report leaves an unchanged figure's SVG byte for byte.
+        with plt.rc_context({"svg.hashsalt": "mmdd-bench"}):
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
         os.replace(tmp, path)
         out.append(path)
     plt.close(fig)
