@@ -51,3 +51,18 @@ def test_page_renders_in_headless_chromium(page, tmp_path):
     subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1280,2400",
                     page.as_uri()], capture_output=True, timeout=120, check=True)
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 10_000
+
+
+def test_a_clone_without_the_sets_keeps_the_committed_galleries(page, cache_dir, tmp_path):
+    """Sets are not committed: regenerating the page where they are absent keeps each gallery, and says so."""
+    clone = tmp_path / "results"
+    shutil.copytree(page.parent, clone, ignore=shutil.ignore_patterns("artifacts"))
+    gallery = clone / "gallery" / "shapes-mini__tiny__covmatch.png"
+    before = gallery.read_bytes()
+    assert main(["report", "--html", "--results", str(clone), "--cache-dir", str(cache_dir)]) == 0
+    text = (clone / "index.html").read_text()
+    assert "gallery/shapes-mini__tiny__covmatch.png" in text and gallery.read_bytes() == before
+    assert "kept from an earlier report" in text
+    shutil.rmtree(clone / "gallery")
+    assert main(["report", "--html", "--results", str(clone), "--cache-dir", str(cache_dir)]) == 0
+    assert "no gallery for shapes-mini / tiny / covmatch: its artifact is not under artifacts/" in (clone / "index.html").read_text()

@@ -134,10 +134,18 @@ def write_reports(results_dir: Path, html: bool = False, data_root: str | None =
     gallery_dir.mkdir(parents=True, exist_ok=True)
     for key, rec in gallery_sources(records).items():
         artifact = gallery_artifact(results_dir, rec)
-        if artifact is None:
-            notes.append(f"no gallery for {' / '.join(key)}: its artifact is not under {results_dir / 'artifacts'}")
-            continue
         out = confined(gallery_dir, f"{group_stem(*key)}.png")
+        if artifact is not None and not all(artifact.with_suffix(ext).is_file() for ext in (".json", ".safetensors")):
+            # Sets are not committed: on a machine that did not distil them, the committed figure is the set's.
+            if out.is_file():
+                galleries[key] = out
+                notes.append(f"gallery for {' / '.join(key)} kept from an earlier report: its set "
+                             f"({rec.artifact}) is not in this machine's artifacts/")
+                continue
+            artifact = None
+        if artifact is None:
+            notes.append(f"no gallery for {' / '.join(key)}: its artifact is not under artifacts/")
+            continue
         try:
             render_artifact(artifact, out, 12, data_root, cache_dir, torch.device("cpu"))
             galleries[key] = out
