@@ -7,19 +7,19 @@
 """
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from end_to_end import per_image_torchvision  # this folder is on sys.path under pytest
 
+from mmdd_bench.cli import default_cache_dir
 from mmdd_bench.data.augment import BatchAugment
 from mmdd_bench.methods.covmatch import covmatch_loss
 from mmdd_bench.metrics import retrieval_metrics
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-CACHE = Path(os.environ.get("MMDD_BENCH_CACHE") or Path.home() / ".cache" / "mmdd-bench")
+CACHE = default_cache_dir()
 
 
 def coco_test_like(seed: int = 0) -> tuple[torch.Tensor, list[list[int]]]:

@@ -17,13 +17,13 @@ resumes and keeps what is there (delete the file to measure again).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 from mmdd_bench.calibration import CalibrationConfig, format_table, run_calibration
+from mmdd_bench.cli import default_cache_dir
 from mmdd_bench.data import load_dataset
 from mmdd_bench.encoders import build_backbone
 from mmdd_bench.errors import MMDDError
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="scenes")
     ap.add_argument("--backbone", default=None, help="default: the dataset's own")
-    ap.add_argument("--cache-dir", default=os.environ.get("MMDD_BENCH_CACHE", str(Path.home() / ".cache" / "mmdd-bench")))
+    ap.add_argument("--cache-dir", default=str(default_cache_dir()))
     ap.add_argument("--out", default=None, help="default: benchmarks/results/calibration-<dataset>.json")
     ap.add_argument("--sizes", type=_ints, default=(100, 200, 500))
     ap.add_argument("--seeds", type=_ints, default=(0, 1, 2))

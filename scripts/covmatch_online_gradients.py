@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mmdd_bench.cli import default_cache_dir
 from mmdd_bench.data import EMBEDDED, load_dataset
 from mmdd_bench.data.real_batches import RealBatches
 from mmdd_bench.encoders import build_backbone
@@ -94,7 +94,7 @@ def measure(dataset, bb, cache: Path, size: int, seed: int, steps: int | None) -
 
 
 def main(dataset_name: str, size: int, seed: int, steps: int | None) -> None:
-    cache = Path(os.environ.get("MMDD_BENCH_CACHE", Path.home() / ".cache" / "mmdd-bench"))
+    cache = default_cache_dir()
     dataset = load_dataset(dataset_name, None, cache)
     summary = measure(dataset, build_backbone(dataset.default_backbone, cache), cache, size, seed, steps)
     out = RESULTS / f"covmatch-online-gradients-{dataset_name}-N{size}-s{seed}.json"

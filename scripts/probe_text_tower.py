@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from mmdd_bench.cli import default_cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("protocol", choices=("trainable-text", "frozen-text"))
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--dataset", default="scenes")
-    ap.add_argument("--cache-dir", default=os.environ.get("MMDD_BENCH_CACHE", str(Path.home() / ".cache" / "mmdd-bench")))
+    ap.add_argument("--cache-dir", default=str(default_cache_dir()))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scenes-text-tower-probe.jsonl")
     args = ap.parse_args(argv)
     if not 1 <= args.layers <= 6:

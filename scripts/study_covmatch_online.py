@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from mmdd_bench.cli import default_cache_dir
 from mmdd_bench.data import EMBEDDED, load_dataset
 from mmdd_bench.data.real_batches import RealBatches
 from mmdd_bench.distilled import DistilledSet
@@ -101,7 +102,7 @@ def saved_set(results_dir: Path, dataset_name: str, method, identity: dict, size
 
 def main(dataset_name: str, seeds: list[int], names: list[str], students: int | None, size: int,
          results_dir: Path) -> None:
-    cache = Path(os.environ.get("MMDD_BENCH_CACHE", Path.home() / ".cache" / "mmdd-bench"))
+    cache = default_cache_dir()
     out = RESULTS / f"covmatch-online-{dataset_name}.json"
     device = torch.device("cpu")
     dataset = load_dataset(dataset_name, None, cache)

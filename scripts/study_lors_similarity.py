@@ -29,12 +29,12 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from mmdd_bench.cli import default_cache_dir
 from mmdd_bench.data import EMBEDDED, load_dataset
 from mmdd_bench.distilled import DistilledSet, similarity_block
 from mmdd_bench.encoders import build_backbone
@@ -67,7 +67,7 @@ def describe_similarity(distilled: DistilledSet) -> dict[str, float]:
 
 
 def main(dataset_name: str, size: int, seeds: list[int], names: list[str]) -> None:
-    cache = Path(os.environ.get("MMDD_BENCH_CACHE", Path.home() / ".cache" / "mmdd-bench"))
+    cache = default_cache_dir()
     out = RESULTS / f"lors-similarity-{dataset_name}.json"
     device = torch.device("cpu")
     dataset = load_dataset(dataset_name, None, cache)

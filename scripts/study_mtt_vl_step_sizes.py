@@ -28,12 +28,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from mmdd_bench.cli import default_cache_dir
 from mmdd_bench.data import load_dataset
 from mmdd_bench.distilled import DistilledSet
 from mmdd_bench.encoders import build_backbone
@@ -48,7 +48,7 @@ SCORINGS = {"frozen-text": ("frozen-text", {}),
 
 
 def main(artifacts: list[Path]) -> None:
-    cache = Path(os.environ.get("MMDD_BENCH_CACHE", Path.home() / ".cache" / "mmdd-bench"))
+    cache = default_cache_dir()
     device = torch.device("cpu")
     loaded = {}
     for path in artifacts:

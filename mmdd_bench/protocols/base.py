@@ -361,7 +361,7 @@ class Protocol:
         best = (-1.0, params.epochs, None)
         # Progress counts batches, not epochs: a full-data epoch runs for minutes (tens of minutes under
         # trainable-text), and a first line only after it would leave a log silent that long.
-        total, done = params.epochs * math.ceil(data.n / params.batch_size), 0
+        total, done = _batches(data, params), 0
         if progress:
             progress(0, total)
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
@@ -420,7 +420,7 @@ class Protocol:
 
         batched = vmap(one, in_dims=(0, 0, 0, 0, 0, 0, 0), randomness="error")
         what = f"{len(models)} students together"
-        total, done = params.epochs * math.ceil(data.n / params.batch_size), 0  # batches, as train_student
+        total, done = _batches(data, params), 0
         if progress:
             progress(what, 0, total)
         for epoch in range(1, params.epochs + 1):
@@ -457,6 +457,11 @@ class Protocol:
         img = torch.nn.functional.normalize(torch.cat(feats), dim=-1)
         txt = torch.nn.functional.normalize(self.test_text_features(model, split, backbone, device, cache).float(), dim=-1)
         return retrieval_metrics(img @ txt.T, split.img2txt)
+
+
+def _batches(data: StudentData, params: EvalParams) -> int:
+    """How many batches a student trains on: what its progress counts."""
+    return params.epochs * math.ceil(data.n / params.batch_size)
 
 
 class _TrainedPart(nn.Module):

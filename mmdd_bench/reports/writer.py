@@ -135,15 +135,14 @@ def write_reports(results_dir: Path, html: bool = False, data_root: str | None =
     for key, rec in gallery_sources(records).items():
         artifact = gallery_artifact(results_dir, rec)
         out = confined(gallery_dir, f"{group_stem(*key)}.png")
-        if artifact is not None and not all(artifact.with_suffix(ext).is_file() for ext in (".json", ".safetensors")):
+        saved = artifact is not None and all(artifact.with_suffix(e).is_file() for e in (".json", ".safetensors"))
+        if artifact is not None and not saved and out.is_file():
             # Sets are not committed: on a machine that did not distil them, the committed figure is the set's.
-            if out.is_file():
-                galleries[key] = out
-                notes.append(f"gallery for {' / '.join(key)} kept from an earlier report: its set "
-                             f"({rec.artifact}) is not in this machine's artifacts/")
-                continue
-            artifact = None
-        if artifact is None:
+            galleries[key] = out
+            notes.append(f"gallery for {' / '.join(key)} kept from an earlier report: its set "
+                         f"({rec.artifact}) is not in this machine's artifacts/")
+            continue
+        if not saved:
             notes.append(f"no gallery for {' / '.join(key)}: its artifact is not under artifacts/")
             continue
         try:
