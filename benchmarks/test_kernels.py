@@ -141,3 +141,32 @@ def test_one_student_epoch_trainable_text_tiny(benchmark):
         return protocol.train_student(model, data, params, lrs, 0, cpu)
 
     assert benchmark.pedantic(epoch, rounds=3, iterations=1) == 1
+
+
+@pytest.fixture(scope="module")
+def scenes_caption_batch():
+    from mmdd_bench.data import load_dataset
+    from mmdd_bench.encoders import build_backbone
+
+    ds = load_dataset("scenes", None, CACHE)
+    bb = build_backbone("tiny-scenes", CACHE)
+    order = torch.randperm(len(ds.train.captions), generator=torch.Generator().manual_seed(0))[:128]
+    ids, mask = bb.tokenize([ds.train.captions[i] for i in order])
+    return bb, ids, mask
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_text_tower_step_tiny_scenes(benchmark, scenes_caption_batch, packed):
+    """One training forward and backward of the six-layer text tower on 128 scenes captions (what each
+    trainable-text student step and each CovMatch iteration pays): without the padding (encoders/packed_bert.py)
+    and with it (Hugging Face's forward)."""
+    bb, ids, mask = scenes_caption_batch
+    encoder = bb.fresh_text_encoder(True).train()
+    encoder.packed = packed
+
+    def step():
+        encoder.zero_grad(set_to_none=True)
+        encoder(ids, mask).square().sum().backward()
+
+    benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
+    assert encoder.model.encoder.layer[0].output.dense.weight.grad is not None

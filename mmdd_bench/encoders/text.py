@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import packed_bert
+
 
 class TextEncoder(nn.Module):
     dim: int
@@ -28,7 +30,8 @@ class BertTextEncoder(TextEncoder):
     (``pooling="cls"``, the papers' choice for BERT-base) or the masked mean of all tokens
     (``pooling="mean"``, what sentence-transformers models such as MiniLM were trained to give; their CLS
     output is nearly constant across sentences). ``inputs_embeds`` replaces only the word embeddings:
-    position and token-type embeddings stay inside."""
+    position and token-type embeddings stay inside. A plain BERT runs without its padding
+    (``packed_bert``: the same features, about half the work on padded caption batches)."""
 
     def __init__(self, model: nn.Module, pooling: str = "cls") -> None:
         super().__init__()
@@ -37,12 +40,16 @@ class BertTextEncoder(TextEncoder):
         self.model = model
         self.pooling = pooling
         self.dim = model.config.hidden_size
+        self.packed = packed_bert.supports(model)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
 
     def encode_embeddings(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        if self.packed:
+            hidden = packed_bert.last_hidden_state(self.model, embeds, mask)
+        else:
+            hidden = self.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
         weights = mask.to(hidden.dtype).unsqueeze(-1)
