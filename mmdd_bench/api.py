@@ -51,8 +51,22 @@ def run(config: RunConfig, *, log: Callable[[str], None] = lambda s: None, progr
     if workers > 1:
         from .executors import run_with_processes
 
-        return run_with_processes(config, workers, log, log_every_s)
+        return run_with_processes([config], workers, log, log_every_s)[0]
     return Runner(config, log=log, progress=progress).run()
+
+
+def run_all(configs: list[RunConfig], *, log: Callable[[str], None] = lambda s: None,
+            progress: ProgressFn | None = None, executor: str = "local", ray_address: str | None = None,
+            workers: int = 1, log_every_s: float | None = 30.0) -> list[RunSummary]:
+    """Every run of an experiment file, one summary each. With local ``workers`` > 1 the runs share one pool
+    of processes that walk all their cells (no run waits for the last cell of the one before); otherwise
+    the runs go one after another, as ``run``."""
+    if workers > 1 and executor == "local" and len(configs) > 1:
+        from .executors import run_with_processes
+
+        return run_with_processes(configs, workers, log, log_every_s)
+    return [run(config, log=log, progress=progress, executor=executor, ray_address=ray_address, workers=workers,
+                log_every_s=log_every_s) for config in configs]
 
 
 def plan(config: RunConfig) -> list[Cell]:
@@ -202,5 +216,5 @@ def report(results_dir: Path, *, html: bool = False, data_root: str | None = Non
     return write_reports(Path(results_dir), html=html, data_root=data_root, cache_dir=cache_dir)
 
 
-__all__ = ["RunConfig", "RunSummary", "artifact_content_id", "evaluate_artifact", "plan", "report", "run",
+__all__ = ["RunConfig", "RunSummary", "artifact_content_id", "evaluate_artifact", "plan", "report", "run", "run_all",
            "train_experts"]

@@ -349,12 +349,10 @@ def cmd_run(args) -> int:
     rank, world = shard_from_environment()
     lead = rank == 0  # under torchrun/SLURM only rank 0 draws progress bars and writes leaderboards
     log = _log(args.quiet)
-    summaries = []
     with _reporter(args.quiet or not lead, args.log_every) as progress:
-        for run in experiment.runs:
-            summaries.append(api.run(run, log=log, progress=progress, executor=experiment.executor,
-                                     ray_address=experiment.ray_address, workers=experiment.workers,
-                                     log_every_s=None if args.quiet else args.log_every))
+        summaries = api.run_all(experiment.runs, log=log, progress=progress, executor=experiment.executor,
+                                ray_address=experiment.ray_address, workers=experiment.workers,
+                                log_every_s=None if args.quiet else args.log_every)
     if lead:
         for results in dict.fromkeys(run.results_dir for run in experiment.runs):
             write_leaderboards(results)

@@ -4,9 +4,10 @@ processes happens inside ``Runner.run`` (RANK/WORLD_SIZE).
 
 Local workers share the machine: on a CPU each gets ``cores // workers`` torch threads (small students and
 CovMatch's steps use one core far better than two: cells side by side finish sooner than one cell on all
-cores), on GPUs worker k takes GPU k mod count. Every worker walks the whole grid in order; a cell whose
-evaluation lock another worker holds is skipped and, at the end, waited for, so the cells are claimed
-dynamically with no scheduler (the same locks that keep concurrent runs from doing anything twice).
+cores), on GPUs worker k takes GPU k mod count. Every worker walks the whole grid in order, every run of an
+experiment file in one walk; an evaluation another worker holds, or whose set another worker is distilling,
+is skipped and, at the end, waited for, so the cells are claimed dynamically with no scheduler (the same
+locks that keep concurrent runs from doing anything twice).
 
 Workers write their records and artifacts straight into the shared results folder (absolute paths, since
 a worker may start elsewhere); the per-evaluation and per-distillation locks in ``Runner.run_cell`` keep
@@ -61,8 +62,10 @@ def _method_references(names: list[str]) -> dict[str, str]:
     return refs
 
 
-def _run_worker(config: RunConfig, worker: int, threads: int, log_every_s: float | None,
-                methods: dict[str, str]) -> RunSummary:
+def _run_worker(configs: list[RunConfig], worker: int, threads: int, log_every_s: float | None,
+                methods: dict[str, str]) -> list[RunSummary]:
+    """One worker over every run of a file: a first pass over all their cells, then what others held. No
+    run waits for the one before it, so the last, long cell of a run does not leave the other workers idle."""
     torch.set_num_threads(threads)
     from .method import METHODS
     from .progress import PlainProgress
@@ -74,37 +77,52 @@ def _run_worker(config: RunConfig, worker: int, threads: int, log_every_s: float
         print(f"[worker {worker}] {line}", file=sys.stderr, flush=True)
 
     progress = PlainProgress(log, log_every_s) if log_every_s else None
-    return Runner(config, log=log, progress=progress).run()
+    runners, shared = [], {}
+    for config in configs:  # runs on the same data and backbone share their loaded datasets and backbones
+        key = (config.data_root, str(config.cache_dir), config.backbone)
+        runners.append(Runner(config, log=log, progress=progress, resources=shared.get(key)))
+        shared.setdefault(key, runners[-1].resources)
+    first = []
+    for k, runner in enumerate(runners):
+        if len(runners) > 1:
+            log(f"run {k + 1}/{len(runners)} of the file")
+        first.append(runner.first_pass())
+    return [runner.finish(done) for runner, done in zip(runners, first, strict=True)]
 
 
-def run_with_processes(config: RunConfig, workers: int, log: Callable[[str], None],
-                       log_every_s: float | None = 30.0) -> RunSummary:
-    """The grid in ``workers`` processes on this machine (see the module docstring); progress arrives as plain
-    lines, one prefixed with its worker, every ``log_every_s`` seconds per loop (None: none). The first worker
-    that raises (bad data or weights: what stops a one-process run) stops the others, and its error is raised
-    here; what they recorded stays, and a rerun resumes."""
+def run_with_processes(configs: RunConfig | list[RunConfig], workers: int, log: Callable[[str], None],
+                       log_every_s: float | None = 30.0) -> list[RunSummary]:
+    """The grid of every run in ``configs`` (the runs of one experiment file) in ``workers`` processes on this
+    machine (see the module docstring), one summary per run; progress arrives as plain lines, one prefixed
+    with its worker, every ``log_every_s`` seconds per loop (None: none). The first worker that raises (bad
+    data or weights: what stops a one-process run) stops the others, and its error is raised here; what they
+    recorded stays, and a rerun resumes."""
     from .resources import shard_from_environment
 
+    configs = [configs] if isinstance(configs, RunConfig) else list(configs)
     if shard_from_environment()[1] > 1:
         raise UsageError("--workers > 1 splits the grid on this machine; under torchrun/SLURM each rank already "
                          "takes its share: drop --workers, or start more ranks")
-    runner = Runner(config, log=log)
-    cells = runner.plan()  # every check, and the datasets generated once, before any worker starts
+    runners = [Runner(config, log=log) for config in configs]
+    plans = [runner.plan() for runner in runners]  # every check, and the datasets generated once, before any worker starts
+    cells = [cell for plan in plans for cell in plan]
     methods = _method_references(list(dict.fromkeys(cell.method for cell in cells)))
-    for name in dict.fromkeys(cell.dataset for cell in cells):
-        runner.resources.dataset(name)
-    planned = runner.planned_run_ids(cells)
+    for runner, plan in zip(runners, plans, strict=True):
+        for name in dict.fromkeys(cell.dataset for cell in plan):
+            runner.resources.dataset(name)
+    planned = [runner.planned_run_ids(plan) for runner, plan in zip(runners, plans, strict=True)]
     workers = max(1, min(workers, len(cells)))
     threads = max(1, (os.cpu_count() or 1) // workers)
-    devices = [_worker_device(config.device, k) for k in range(workers)]
-    log(f"{len(cells)} cells in {workers} worker processes ({', '.join(devices)}; {threads} torch thread(s) each)")
+    devices = [_worker_device(configs[0].device, k) for k in range(workers)]
+    runs = f" of {len(configs)} runs" if len(configs) > 1 else ""
+    log(f"{len(cells)} cells{runs} in {workers} worker processes ({', '.join(devices)}; {threads} torch thread(s) each)")
     others = set(active_children())
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_run_worker, replace(config, device=devices[k]), k, threads, log_every_s, methods)
-                   for k in range(workers)]
+        futures = [pool.submit(_run_worker, [replace(config, device=devices[k]) for config in configs], k, threads,
+                               log_every_s, methods) for k in range(workers)]
         spawned = set(active_children()) - others
         try:
-            summaries = [f.result() for f in as_completed(futures)]  # re-raises the first worker error
+            per_worker = [f.result() for f in as_completed(futures)]  # re-raises the first worker error
         except BrokenProcessPool as exc:
             for process in spawned:
                 process.terminate()
@@ -114,12 +132,15 @@ def run_with_processes(config: RunConfig, workers: int, log: Callable[[str], Non
             for process in spawned:  # their locks are flocks, released with them; records are atomic
                 process.terminate()
             raise
-    order = {run_id: i for i, run_id in enumerate(planned)}
-    records = sorted({r.run_id: r for s in summaries for r in s.records}.values(),
-                     key=lambda r: order.get(r.run_id, len(order)))
-    missing = runner.missing(planned)
-    return RunSummary(records, planned, [b for s in summaries for b in s.busy],
-                      [r for s in summaries for r in s.refused], missing)
+    out = []
+    for k, runner in enumerate(runners):
+        summaries = [worker_summaries[k] for worker_summaries in per_worker]
+        order = {run_id: i for i, run_id in enumerate(planned[k])}
+        records = sorted({r.run_id: r for s in summaries for r in s.records}.values(),
+                         key=lambda r: order.get(r.run_id, len(order)))
+        out.append(RunSummary(records, planned[k], [b for s in summaries for b in s.busy],
+                              [r for s in summaries for r in s.refused], runner.missing(planned[k])))
+    return out
 
 
 def run_with_ray(config: RunConfig, address: str | None, log: Callable[[str], None],

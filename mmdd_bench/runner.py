@@ -1,9 +1,10 @@
 """The runner: distils and evaluates the planned cells under locks, and writes one record per evaluation.
 
 Concurrency: each *evaluation* holds its own lock, so two runs with different protocol lists on one
-results folder each do their own evaluations; the *distillation* a cell needs is done by whichever process
-takes its lock first, and the others wait for it (up to ``RunConfig.lock_timeout_s``) and reuse the saved
-set. An evaluation another process holds is skipped and counted; ``RunSummary.missing`` lists every planned
+results folder each do their own evaluations, and a cell's evaluations are claimed one at a time, so two
+processes can score one set under two protocols at once; the *distillation* a cell needs is done by
+whichever process takes its lock first, and the others do their other cells first, then wait for it (up to
+``RunConfig.lock_timeout_s``) and reuse the saved set. An evaluation another process holds is skipped and counted; ``RunSummary.missing`` lists every planned
 evaluation that has no ok record at the end, so a caller can tell a complete run from a partial one.
 
 Resume: an evaluation with an ok record is skipped, a saved set is re-evaluated rather than distilled
@@ -41,6 +42,20 @@ class CellOutcome:
     refused: list[str] = field(default_factory=list)  # run ids whose record file cannot be replaced
 
 
+# A cell's set as the runner hands it to evaluations: the set, its distillation timings, its peak memory.
+LoadedSet = tuple[DistilledSet, dict, dict]
+
+
+@dataclass
+class FirstPass:
+    """What a runner's first pass over its cells did, and the cells it left to ``Runner.finish``."""
+
+    records: list[RunRecord] = field(default_factory=list)
+    planned: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    waiting: list[tuple[Cell, CellPlan]] = field(default_factory=list)
+
+
 @dataclass
 class RunSummary:
     records: list[RunRecord]
@@ -64,7 +79,7 @@ def describe(cell: Cell) -> str:
 
 class Runner:
     def __init__(self, config: RunConfig, log: Callable[[str], None] = lambda s: None,
-                 progress: ProgressFn | None = None) -> None:
+                 progress: ProgressFn | None = None, resources: Resources | None = None) -> None:
         self.config = config
         self.log = log
         self.progress = progress
@@ -72,7 +87,8 @@ class Runner:
             use_deterministic_algorithms()
         self.device = resolve_device(config.device)
         self.store = ResultsStore(config.results_dir)
-        self.resources = Resources(config.data_root, config.cache_dir, config.backbone, log, progress)
+        # Runs on the same data and backbone may share one ``Resources`` (the worker of a multi-run file).
+        self.resources = resources or Resources(config.data_root, config.cache_dir, config.backbone, log, progress)
         self.planner = Planner(config, self.resources)
 
     def plan(self) -> list[Cell]:
@@ -86,34 +102,42 @@ class Runner:
         return cells
 
     def run(self, on_record: Callable[[RunRecord], None] = lambda r: None) -> RunSummary:
+        return self.finish(self.first_pass(on_record), on_record)
+
+    def first_pass(self, on_record: Callable[[RunRecord], None] = lambda r: None) -> FirstPass:
+        """Every cell once, in the plan's order, doing what no other process holds: an evaluation another
+        process holds, or one whose set another process is distilling, is left for ``finish``."""
         cells = self.shard(self.plan())
         self.store.check_writable()
         self.store.remove_orphans()
-        records, refused, planned, waiting = [], [], [], []
+        done = FirstPass()
         for i, cell in enumerate(cells, 1):
             self.log(f"[{i}/{len(cells)}] {cell.dataset} {cell.method} N={cell.size} seed={cell.seed}")
             plan = self.planner.cell_plan(cell)
-            planned += [e.run_id for e in self.responsible(plan)]
-            outcome = self.run_cell(cell, plan)
-            records += outcome.records
-            refused += outcome.refused
+            done.planned += [e.run_id for e in self.responsible(plan)]
+            outcome = self.run_cell(cell, plan, defer_held_sets=True)
+            done.records += outcome.records
+            done.refused += outcome.refused
             if outcome.busy:
-                waiting.append((cell, plan))
+                done.waiting.append((cell, plan))
             for rec in outcome.records:
                 on_record(rec)
-        # Second pass: what other processes held. Wait for them (up to the lock timeout), take the records
-        # they wrote, and do what a process that died left undone.
-        busy = []
-        for cell, plan in waiting:
+        return done
+
+    def finish(self, first: FirstPass, on_record: Callable[[RunRecord], None] = lambda r: None) -> RunSummary:
+        """Second pass: what other processes held. Wait for them (up to the lock timeout), take the records
+        they wrote, and do what a process that died left undone."""
+        records, busy = list(first.records), []
+        for cell, plan in first.waiting:
             self.log(f"waiting for {cell.dataset} {cell.method} N={cell.size} seed={cell.seed}, held by another process")
             outcome = self.run_cell(cell, plan, wait=True)
             records += outcome.records
             busy += outcome.busy
             for rec in outcome.records:
                 on_record(rec)
-        missing = self.missing(planned)
+        missing = self.missing(first.planned)
         unique = list({r.run_id: r for r in records}.values())  # the second pass sees first-pass records again
-        return RunSummary(unique, planned, busy, refused, missing)
+        return RunSummary(unique, first.planned, busy, first.refused, missing)
 
     def planned_run_ids(self, cells: list[Cell]) -> list[str]:
         """The run ids of every evaluation this run answers for, in the plan's order."""
@@ -130,9 +154,13 @@ class Runner:
         return [e for e in plan.evals if self.store.record_state(e.run_id).state == "failed"]
 
     # ---- one cell ----------------------------------------------------------------------------------
-    def run_cell(self, cell: Cell, plan: CellPlan | None = None, wait: bool = False) -> CellOutcome:
-        """Do the cell's evaluations that need doing. An evaluation another process holds is skipped
-        (``wait=False``) or waited for up to the lock timeout (``wait=True``), then done here if still needed."""
+    def run_cell(self, cell: Cell, plan: CellPlan | None = None, wait: bool = False,
+                 defer_held_sets: bool = False) -> CellOutcome:
+        """Do the cell's evaluations that need doing, claiming them one at a time, so that another process
+        can take the cell's other evaluations meanwhile. An evaluation another process holds is skipped
+        (``wait=False``) or waited for up to the lock timeout (``wait=True``), then done here if still needed.
+        The cell's set, when another process is distilling it, is waited for, or with ``defer_held_sets``
+        (the first pass) left for later, so the process does other cells first instead of idling."""
         plan = plan or self.planner.cell_plan(cell)
         outcome = CellOutcome()
         todo = []
@@ -141,55 +169,70 @@ class Runner:
             if not state.writable:
                 self.log(f"  {ev.protocol}: {state.problem}; left as it is")
                 outcome.refused.append(ev.run_id)
-            elif state.state == "ok" and not self.config.force:
+            elif state.state == "ok" and (not self.config.force or self._written_since_force(ev.run_id)):
                 self.log(f"  {ev.protocol}: done already ({ev.run_id}.json), skipping")
                 outcome.records.append(state.record)
             else:
                 todo.append(ev)
-        held = []
-        try:
-            for ev in todo:
-                lock = self.store.lock(ev.run_id, "eval", what=f"{describe(cell)} {ev.protocol}")
-                try:
-                    lock.acquire(timeout=self.config.lock_timeout_s if wait else 0)
-                except Timeout:
-                    self.log(f"  {ev.protocol}: another process is evaluating this; "
-                             + ("gave up waiting" if wait else "leaving it to that process for now"))
-                    outcome.busy.append(ev.run_id)
-                    continue
+        loaded = None  # the cell's set, once this process has it
+        for ev in todo:
+            lock = self.store.lock(ev.run_id, "eval", what=f"{describe(cell)} {ev.protocol}")
+            try:
+                lock.acquire(timeout=self.config.lock_timeout_s if wait else 0)
+            except Timeout:
+                self.log(f"  {ev.protocol}: another process is evaluating this; "
+                         + ("gave up waiting" if wait else "leaving it to that process for now"))
+                outcome.busy.append(ev.run_id)
+                continue
+            try:
                 state = self.store.record_state(ev.run_id)  # the holder may have finished it meanwhile
-                if state.state == "ok" and (wait or not self.config.force):
-                    lock.release()
+                if state.state == "ok" and (wait or not self.config.force or self._written_since_force(ev.run_id)):
                     outcome.records.append(state.record)
                     continue
-                held.append((ev, lock))
-            if held:
-                self._distill_and_evaluate(plan, [ev for ev, _ in held], outcome)
-        finally:
-            for _, lock in held:
+                loaded = self._distill_and_evaluate(plan, [ev], outcome, loaded,
+                                                    wait_for_set=wait or not defer_held_sets)
+            finally:
                 lock.release()
         return outcome
 
-    def _distill_and_evaluate(self, plan: CellPlan, evals: list[EvalPlan], outcome: CellOutcome) -> None:
+    def _written_since_force(self, run_id: str) -> bool:
+        """Whether ``--force`` already redid this evaluation in this invocation (another worker's, or this
+        one's in an earlier run of the file): it is not redone twice."""
+        return self._saved_since_force(self.store.record_path(run_id))
+
+    def _distill_and_evaluate(self, plan: CellPlan, evals: list[EvalPlan], outcome: CellOutcome,
+                              loaded: LoadedSet | Exception | None = None,
+                              wait_for_set: bool = True) -> LoadedSet | Exception | None:
+        """Evaluate ``evals`` on the cell's set (``loaded``, else the saved one, else distilled here). Returns
+        what the cell's next evaluation needs: the set, the error its distillation raised (recorded again
+        for each evaluation, never distilled again), or None when another process holds the set."""
         cell = plan.cell
         ds = self.resources.dataset(cell.dataset)
         bb = self.resources.backbone_for(ds)
         started = utc_now()
-        try:
-            distilled, timings, memory = self._distilled_set(plan)
-        except Timeout:
-            self.log(f"  timed out after {self.config.lock_timeout_s:.0f} s waiting for another process's distillation")
-            outcome.busy += [ev.run_id for ev in evals]
-            return
-        except MMDDError:
-            raise  # bad data, weights or arguments: every cell would fail alike; stop with the message
-        except Exception as exc:  # a failing plugin is recorded, the grid goes on
-            self.log(f"  FAILED: {type(exc).__name__}: {exc}")
+        failure = loaded if isinstance(loaded, Exception) else None
+        if failure is None:
+            try:
+                loaded = loaded or self._distilled_set(plan, wait_for_set)
+            except Timeout:
+                if wait_for_set:
+                    self.log(f"  timed out after {self.config.lock_timeout_s:.0f} s waiting for another process's distillation")
+                else:
+                    self.log("  another process is distilling this set; back to it after the other cells")
+                outcome.busy += [ev.run_id for ev in evals]
+                return None
+            except MMDDError:
+                raise  # bad data, weights or arguments: every cell would fail alike; stop with the message
+            except Exception as exc:  # a failing plugin is recorded, the grid goes on
+                self.log(f"  FAILED: {type(exc).__name__}: {exc}")
+                failure = exc
+        if failure is not None:
             for ev in evals:
-                rec = build_record(ev.spec, status="failed", started=started, device=str(self.device), error=exc)
+                rec = build_record(ev.spec, status="failed", started=started, device=str(self.device), error=failure)
                 self.store.write_record(rec)
                 outcome.records.append(rec)
-            return
+            return failure
+        distilled, timings, memory = loaded
         for ev in evals:
             protocol = get_protocol(ev.protocol)
             try:
@@ -208,13 +251,14 @@ class Runner:
                                    memory={**memory, **{f"eval_{k}": v for k, v in pm.result().items()}})
             self.store.write_record(rec)
             outcome.records.append(rec)
+        return loaded
 
-    def _distilled_set(self, plan: CellPlan) -> tuple[DistilledSet, dict, dict]:
+    def _distilled_set(self, plan: CellPlan, wait: bool = True) -> LoadedSet:
         """The cell's set: the saved one when it is this cell's, else distilled here under the cell's
-        distillation lock (others wait for it)."""
+        distillation lock (others wait for it; ``wait=False``: ``Timeout`` at once when another holds it)."""
         path = self.store.artifact_path(plan.distill_id)
         with self.store.lock(plan.distill_id, "distill", what=f"{describe(plan.cell)} distillation").acquire(
-                timeout=self.config.lock_timeout_s):
+                timeout=self.config.lock_timeout_s if wait else 0):
             if path.with_suffix(".json").is_file() and (not self.config.force or self._saved_since_force(path)):
                 distilled = self._saved_set(plan)
                 if distilled is not None:
@@ -249,7 +293,7 @@ class Runner:
             return None
         return distilled
 
-    def _distill(self, plan: CellPlan) -> tuple[DistilledSet, dict, dict]:
+    def _distill(self, plan: CellPlan) -> LoadedSet:
         cell = plan.cell
         ds = self.resources.dataset(cell.dataset)
         bb = self.resources.backbone_for(ds)
