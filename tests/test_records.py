@@ -1,5 +1,6 @@
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +107,34 @@ def test_provenance_block(tmp_path, cache_dir):
     # The CPU's kernels and name: two CPUs can give the same seed different floats.
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["cpu_model"]
     assert isinstance(rec.command, list) and rec.command  # sys.argv of the process
+
+
+def test_compare_records_pairs_cells_by_run_id_and_finds_a_changed_metric(tmp_path):
+    """scripts/compare_records.py: what a rerun reproduces, cell by cell, and what it cost against the reference."""
+    import importlib.util
+    import shutil
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "compare_records.py"
+    spec = importlib.util.spec_from_file_location("compare_records", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    committed = sorted((Path(__file__).resolve().parent.parent / "results" / "runs").glob("*.json"))[:3]
+    for folder in ("ref", "new"):
+        (tmp_path / folder / "runs").mkdir(parents=True)
+        for p in committed:
+            shutil.copy(p, tmp_path / folder / "runs" / p.name)
+    changed = json.loads(committed[1].read_text())
+    changed["metrics"]["per_student"][0]["i2t_R@1"] += 0.5
+    changed["timings"]["eval_s"] = changed["timings"]["eval_s"] / 2
+    (tmp_path / "new" / "runs" / committed[1].name).write_text(json.dumps(changed))
+    orphan = json.loads(committed[2].read_text())
+    orphan["run_id"] = "0" * 16
+    (tmp_path / "new" / "runs" / committed[2].name).write_text(json.dumps(orphan))
+    report = script.compare(read_records(tmp_path / "ref"), read_records(tmp_path / "new"))
+    by_id = {c["run_id"]: c for c in report["cells"]}
+    assert by_id[json.loads(committed[0].read_text())["run_id"]]["identical_metrics"]
+    assert not by_id[changed["run_id"]]["identical_metrics"]
+    assert abs(by_id[changed["run_id"]]["max_metric_diff"] - 0.5) < 1e-9
+    assert by_id[changed["run_id"]]["eval_s"]["candidate"] == changed["timings"]["eval_s"]
+    assert [u["run_id"] for u in report["unmatched"]] == ["0" * 16]
+    assert report["summary"]["paired"] == 2 and report["summary"]["identical"] == 1
