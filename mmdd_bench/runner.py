@@ -4,8 +4,9 @@ Concurrency: each *evaluation* holds its own lock, so two runs with different pr
 results folder each do their own evaluations, and a cell's evaluations are claimed one at a time, so two
 processes can score one set under two protocols at once; the *distillation* a cell needs is done by
 whichever process takes its lock first, and the others do their other cells first, then wait for it (up to
-``RunConfig.lock_timeout_s``) and reuse the saved set. An evaluation another process holds is skipped and counted; ``RunSummary.missing`` lists every planned
-evaluation that has no ok record at the end, so a caller can tell a complete run from a partial one.
+``RunConfig.lock_timeout_s``) and reuse the saved set. An evaluation another process holds is skipped and
+counted; ``RunSummary.missing`` lists every planned evaluation that has no ok record at the end, so a
+caller can tell a complete run from a partial one.
 
 Resume: an evaluation with an ok record is skipped, a saved set is re-evaluated rather than distilled
 again (after checking that its metadata is this cell's), and a killed distillation continues from its last
@@ -189,7 +190,7 @@ class Runner:
                 if state.state == "ok" and (wait or not self.config.force or self._written_since_force(ev.run_id)):
                     outcome.records.append(state.record)
                     continue
-                loaded = self._distill_and_evaluate(plan, [ev], outcome, loaded,
+                loaded = self._distill_and_evaluate(plan, ev, outcome, loaded,
                                                     wait_for_set=wait or not defer_held_sets)
             finally:
                 lock.release()
@@ -200,12 +201,12 @@ class Runner:
         one's in an earlier run of the file): it is not redone twice."""
         return self._saved_since_force(self.store.record_path(run_id))
 
-    def _distill_and_evaluate(self, plan: CellPlan, evals: list[EvalPlan], outcome: CellOutcome,
+    def _distill_and_evaluate(self, plan: CellPlan, ev: EvalPlan, outcome: CellOutcome,
                               loaded: LoadedSet | Exception | None = None,
                               wait_for_set: bool = True) -> LoadedSet | Exception | None:
-        """Evaluate ``evals`` on the cell's set (``loaded``, else the saved one, else distilled here). Returns
-        what the cell's next evaluation needs: the set, the error its distillation raised (recorded again
-        for each evaluation, never distilled again), or None when another process holds the set."""
+        """Evaluate ``ev`` on the cell's set (``loaded``, else the saved one, else distilled here). Returns what
+        the cell's next evaluation needs: the set, the error its distillation raised (recorded again for each
+        evaluation, never distilled again), or None when another process holds the set."""
         cell = plan.cell
         ds = self.resources.dataset(cell.dataset)
         bb = self.resources.backbone_for(ds)
@@ -219,7 +220,7 @@ class Runner:
                     self.log(f"  timed out after {self.config.lock_timeout_s:.0f} s waiting for another process's distillation")
                 else:
                     self.log("  another process is distilling this set; back to it after the other cells")
-                outcome.busy += [ev.run_id for ev in evals]
+                outcome.busy.append(ev.run_id)
                 return None
             except MMDDError:
                 raise  # bad data, weights or arguments: every cell would fail alike; stop with the message
@@ -227,30 +228,27 @@ class Runner:
                 self.log(f"  FAILED: {type(exc).__name__}: {exc}")
                 failure = exc
         if failure is not None:
-            for ev in evals:
-                rec = build_record(ev.spec, status="failed", started=started, device=str(self.device), error=failure)
-                self.store.write_record(rec)
-                outcome.records.append(rec)
-            return failure
-        distilled, timings, memory = loaded
-        for ev in evals:
-            protocol = get_protocol(ev.protocol)
-            try:
-                with PeakMemory(self.device) as pm:
-                    result = protocol.evaluate(distilled, ds, bb, ev.params, cell.seed, self.device,
-                                               self.config.cache_dir, self.progress)
-            except MMDDError:
-                raise
-            except Exception as exc:
-                self.log(f"  {ev.protocol} FAILED: {type(exc).__name__}: {exc}")
-                rec = build_record(ev.spec, status="failed", started=started, device=str(self.device), error=exc,
-                                   distilled=distilled, timings=timings, memory=memory)
-            else:
-                rec = build_record(ev.spec, status="ok", started=started, device=str(self.device), result=result,
-                                   distilled=distilled, timings=timings,
-                                   memory={**memory, **{f"eval_{k}": v for k, v in pm.result().items()}})
+            rec = build_record(ev.spec, status="failed", started=started, device=str(self.device), error=failure)
             self.store.write_record(rec)
             outcome.records.append(rec)
+            return failure
+        distilled, timings, memory = loaded
+        try:
+            with PeakMemory(self.device) as pm:
+                result = get_protocol(ev.protocol).evaluate(distilled, ds, bb, ev.params, cell.seed, self.device,
+                                                            self.config.cache_dir, self.progress)
+        except MMDDError:
+            raise
+        except Exception as exc:
+            self.log(f"  {ev.protocol} FAILED: {type(exc).__name__}: {exc}")
+            rec = build_record(ev.spec, status="failed", started=started, device=str(self.device), error=exc,
+                               distilled=distilled, timings=timings, memory=memory)
+        else:
+            rec = build_record(ev.spec, status="ok", started=started, device=str(self.device), result=result,
+                               distilled=distilled, timings=timings,
+                               memory={**memory, **{f"eval_{k}": v for k, v in pm.result().items()}})
+        self.store.write_record(rec)
+        outcome.records.append(rec)
         return loaded
 
     def _distilled_set(self, plan: CellPlan, wait: bool = True) -> LoadedSet:

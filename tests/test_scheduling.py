@@ -96,3 +96,18 @@ def test_the_runs_of_a_file_share_one_pool_of_workers(tmp_path, cache_dir, monke
     assert [{r.method for r in s.records} for s in summaries] == [{"random"}, {"herding"}]
     assert any("3 cells of 2 runs in 2 worker processes" in line for line in lines)
     assert len(list((tmp_path / "runs").glob("*.json"))) == 3
+
+
+def test_a_failed_distillation_is_recorded_for_each_evaluation_and_tried_once(tmp_path, cache_dir, monkeypatch):
+    calls = []
+
+    def failing(self, plan):
+        calls.append(plan.distill_id)
+        raise RuntimeError("plugin broke")
+
+    monkeypatch.setattr(Runner, "_distill", failing)
+    summary = Runner(_config(tmp_path, cache_dir)).run()
+    assert len(calls) == 1
+    assert [r.status for r in summary.records] == ["failed", "failed"]
+    assert all("plugin broke" in r.error for r in summary.records)
+    assert {r.protocol for r in summary.records} == {"frozen-text", "frozen-encoders"}
