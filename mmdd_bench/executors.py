@@ -29,6 +29,7 @@ import torch
 
 from .errors import MMDDError, UsageError
 from .plan import Cell, RunConfig
+from .progress import ProgressFn
 from .records import RunRecord
 from .runner import CellOutcome, Runner, RunSummary
 
@@ -62,6 +63,16 @@ def _method_references(names: list[str]) -> dict[str, str]:
     return refs
 
 
+def _runners(configs: list[RunConfig], log: Callable[[str], None], progress: ProgressFn | None = None) -> list[Runner]:
+    """A runner per run; runs on the same data and backbone share their loaded datasets and backbones."""
+    runners, shared = [], {}
+    for config in configs:
+        key = (config.data_root, str(config.cache_dir), config.backbone)
+        runners.append(Runner(config, log=log, progress=progress, resources=shared.get(key)))
+        shared.setdefault(key, runners[-1].resources)
+    return runners
+
+
 def _run_worker(configs: list[RunConfig], worker: int, threads: int, log_every_s: float | None,
                 methods: dict[str, str]) -> list[RunSummary]:
     """One worker over every run of a file: a first pass over all their cells, then what others held. No
@@ -76,12 +87,7 @@ def _run_worker(configs: list[RunConfig], worker: int, threads: int, log_every_s
     def log(line: str) -> None:  # stderr, like the single-process run's log: stdout carries the results
         print(f"[worker {worker}] {line}", file=sys.stderr, flush=True)
 
-    progress = PlainProgress(log, log_every_s) if log_every_s else None
-    runners, shared = [], {}
-    for config in configs:  # runs on the same data and backbone share their loaded datasets and backbones
-        key = (config.data_root, str(config.cache_dir), config.backbone)
-        runners.append(Runner(config, log=log, progress=progress, resources=shared.get(key)))
-        shared.setdefault(key, runners[-1].resources)
+    runners = _runners(configs, log, PlainProgress(log, log_every_s) if log_every_s else None)
     first = []
     for k, runner in enumerate(runners):
         if len(runners) > 1:
@@ -90,7 +96,7 @@ def _run_worker(configs: list[RunConfig], worker: int, threads: int, log_every_s
     return [runner.finish(done) for runner, done in zip(runners, first, strict=True)]
 
 
-def run_with_processes(configs: RunConfig | list[RunConfig], workers: int, log: Callable[[str], None],
+def run_with_processes(configs: list[RunConfig], workers: int, log: Callable[[str], None],
                        log_every_s: float | None = 30.0) -> list[RunSummary]:
     """The grid of every run in ``configs`` (the runs of one experiment file) in ``workers`` processes on this
     machine (see the module docstring), one summary per run; progress arrives as plain lines, one prefixed
@@ -99,11 +105,10 @@ def run_with_processes(configs: RunConfig | list[RunConfig], workers: int, log: 
     recorded stays, and a rerun resumes."""
     from .resources import shard_from_environment
 
-    configs = [configs] if isinstance(configs, RunConfig) else list(configs)
     if shard_from_environment()[1] > 1:
         raise UsageError("--workers > 1 splits the grid on this machine; under torchrun/SLURM each rank already "
                          "takes its share: drop --workers, or start more ranks")
-    runners = [Runner(config, log=log) for config in configs]
+    runners = _runners(configs, log)
     plans = [runner.plan() for runner in runners]  # every check, and the datasets generated once, before any worker starts
     cells = [cell for plan in plans for cell in plan]
     methods = _method_references(list(dict.fromkeys(cell.method for cell in cells)))
