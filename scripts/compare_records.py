@@ -30,16 +30,16 @@ def _seconds(record: RunRecord, key: str) -> float:
 def compare(reference: list[RunRecord], candidate: list[RunRecord]) -> dict:
     by_id = {r.run_id: r for r in reference}
     cells, unmatched = [], []
-    for new in sorted(candidate, key=lambda r: (r.method, r.size, r.seed, r.protocol, r.variant)):
+    for new in sorted(candidate, key=lambda r: (r.dataset, r.method, r.size, r.seed, r.protocol, r.variant)):
         old = by_id.get(new.run_id)
         if old is None or old.status != "ok" or new.status != "ok":
-            unmatched.append({"run_id": new.run_id, "method": new.method, "size": new.size, "seed": new.seed,
+            unmatched.append({"run_id": new.run_id, "dataset": new.dataset, "method": new.method, "size": new.size, "seed": new.seed,
                               "protocol": new.protocol, "why": "no reference record" if old is None else "a failed record"})
             continue
         old_students, new_students = old.metrics.get("per_student", []), new.metrics.get("per_student", [])
         diffs = [abs(a[m] - b[m]) for a, b in zip(old_students, new_students, strict=False) for m in METRIC_NAMES]
         cells.append({
-            "run_id": new.run_id, "method": new.method, "size": new.size, "seed": new.seed, "protocol": new.protocol,
+            "run_id": new.run_id, "dataset": new.dataset, "method": new.method, "size": new.size, "seed": new.seed, "protocol": new.protocol,
             "variant": new.variant, "eval_variant": new.eval_variant,
             "identical_metrics": len(old_students) == len(new_students) and not any(diffs),
             "max_metric_diff": max(diffs, default=None),
@@ -50,7 +50,7 @@ def compare(reference: list[RunRecord], candidate: list[RunRecord]) -> dict:
             "started_utc": {"reference": old.started_utc, "candidate": new.started_utc},
         })
     # A set scored by several protocols is distilled once: count each distillation once per side.
-    distill = {side: sum({(c["method"], c["size"], c["seed"], c["variant"]): c["distill_s"][side]
+    distill = {side: sum({(c["dataset"], c["method"], c["size"], c["seed"], c["variant"]): c["distill_s"][side]
                           for c in cells}.values()) for side in ("reference", "candidate")}
     evaluate = {side: sum(c["eval_s"][side] for c in cells) for side in ("reference", "candidate")}
     total = {side: distill[side] + evaluate[side] for side in ("reference", "candidate")}

@@ -4,6 +4,8 @@ invocation already redid, and the runs of one file share one pool of workers."""
 
 from __future__ import annotations
 
+from filelock import Timeout
+
 from mmdd_bench import api
 from mmdd_bench import runner as runner_module
 from mmdd_bench.plan import RunConfig
@@ -21,7 +23,7 @@ def _config(results, cache_dir, **kw) -> RunConfig:
 def _held(store, run_id: str) -> bool:
     try:
         store.lock(run_id, "eval").acquire(timeout=0).release()
-    except Exception:  # filelock's Timeout or the heartbeat's LockTimeout: someone holds it
+    except Timeout:  # filelock's, which the heartbeat's LockTimeout is too: someone holds it
         return True
     return False
 

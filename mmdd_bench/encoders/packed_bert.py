@@ -32,6 +32,8 @@ def supports(model: nn.Module) -> bool:
         return False
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
         return False
+    if not hasattr(model, "_create_attention_masks"):  # the mask builder Hugging Face's forward uses (transformers 5)
+        return False
     layers = getattr(getattr(model, "encoder", None), "layer", None)
     return layers is not None and all(_is_plain_layer(layer) for layer in layers)
 
@@ -46,11 +48,11 @@ def _is_plain_layer(layer: nn.Module) -> bool:
 def last_hidden_state(model: nn.Module, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state`` at the real tokens; zeros at
     padded positions (which no pooling reads). Falls back to Hugging Face's forward without padding."""
+    if bool(mask.all()):  # no padding in this batch: nothing to skip (decided before any dropout is drawn)
+        return model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
     x = model.embeddings(inputs_embeds=embeds)
     attn_mask, _ = model._create_attention_masks(attention_mask=mask, encoder_attention_mask=None,
                                                  embedding_output=x, encoder_hidden_states=None, cache=None)
-    if attn_mask is None:  # no padding in this batch: nothing to skip
-        return model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
     batch, length, width = x.shape
     rows = mask.reshape(-1).nonzero().squeeze(1)
 
