@@ -245,6 +245,17 @@ class CovMatch(Method):
         if every:
             first, losses = resume_loop_state(ctx.checkpoint_dir, learned, momentum, gen, rng, dev)
         timer, finite = IterationTimer(dev), FiniteCheck(dev)
+
+        def result(done: int) -> DistilledSet:
+            return DistilledSet(
+                images=syn_images.detach().cpu().clone(), text_kind=self.text_kind(params),
+                text_embeddings=syn_text.detach().cpu().clone(),
+                attention_mask=syn_mask.cpu() if params.text_trainable else None, encoder_id=bb.text_encoder_id,
+                extras={"source_pairs": torch.as_tensor(init_pairs, dtype=torch.long)},
+                meta={"timings": {"iterations": done, **timer.summary(), "resumed_from_iteration": first},
+                      "loss_at_resets": list(losses)},
+            )
+
         for it in range(first, params.iterations):
             if every and ctx.checkpoint_dir is not None and it > first and it % every == 0:
                 save_loop_state(ctx.checkpoint_dir, learned, momentum, gen, rng, dev, it, losses)
@@ -279,17 +290,12 @@ class CovMatch(Method):
                     contrastive_loss(g_v.float(), g_l.float()).backward()
                     opt_model.step()
             timer.tick()
+            ctx.keep_snapshot(it + 1, lambda done=it + 1: result(done))
             if (it + 1) % 10 == 0 or it + 1 == params.iterations:
                 ctx.report(f"covmatch N={ctx.size} seed={ctx.seed}", it + 1, params.iterations)
         real_images.close()
         finite.check(params.iterations - 1, "covmatch's loss; lower covmatch.lr_images / covmatch.lr_text")
-        return DistilledSet(
-            images=syn_images.detach().cpu(), text_kind=self.text_kind(params), text_embeddings=syn_text.detach().cpu(),
-            attention_mask=syn_mask.cpu() if params.text_trainable else None, encoder_id=bb.text_encoder_id,
-            extras={"source_pairs": torch.as_tensor(init_pairs, dtype=torch.long)},
-            meta={"timings": {"iterations": params.iterations, **timer.summary(), "resumed_from_iteration": first},
-                  "loss_at_resets": losses},
-        )
+        return result(params.iterations)
 
 
 __all__ = ["CovMatch", "CovMatchParams", "SyntheticStart", "covmatch_loss", "cross_covariance", "matching_loss", "online_model",

@@ -9,6 +9,7 @@ methods without forking, through the entry-point group ``mmdd_bench.methods``::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +37,11 @@ class DistillContext:
     cache_dir: Path
     progress: ProgressFn | None = None
     checkpoint_dir: Path | None = None  # where a long method keeps its resumable state (None: no checkpoints)
+    # Studies of an iteration budget (scripts/study_iteration_budget.py): after these iterations an iterative
+    # method also hands over its set as it stands (``keep_snapshot``), the very set a run with that many
+    # iterations returns, so one run scores several budgets. Empty for every harness run.
+    snapshot_iterations: frozenset[int] = frozenset()
+    snapshots: dict[int, DistilledSet] = field(default_factory=dict, repr=False)
     _train_images: ImageStore | None = field(default=None, repr=False)
 
     @property
@@ -45,6 +51,11 @@ class DistillContext:
             self._train_images = ImageStore(self.dataset.train.image_paths, self.backbone.image_size, self.cache_dir,
                                             self.dataset.train.fingerprint, self.backbone.mean, self.backbone.std)
         return self._train_images
+
+    def keep_snapshot(self, done: int, build: Callable[[], DistilledSet]) -> None:
+        """Keep the set after ``done`` iterations when a study asked for it (``build`` runs only then)."""
+        if done in self.snapshot_iterations:
+            self.snapshots[done] = build()
 
     def report(self, what: str, done: int, total: int) -> None:
         if self.progress:

@@ -97,6 +97,24 @@ def test_distill_is_deterministic_and_moves_the_data(tiny, mini, cache_dir):
     assert a.meta["timings"]["s_per_iteration"] > 0
 
 
+def test_a_snapshot_is_the_set_a_shorter_run_returns(tiny, mini, cache_dir):
+    """A study's snapshot after k iterations (DistillContext.snapshot_iterations) is the very set of a k-iteration run,
+    and asking for one leaves the run's own set alone."""
+    m = get_method("covmatch")
+    params = apply_overrides(m.default_params(8, "shapes-mini"), {"iterations": 4, "reset_every": 2})
+    ctx = DistillContext(mini, tiny, 8, 3, torch.device("cpu"), cache_dir, snapshot_iterations=frozenset({3}))
+    whole = m.distill(ctx, params)
+    plain = m.distill(DistillContext(mini, tiny, 8, 3, torch.device("cpu"), cache_dir), params)
+    short = m.distill(DistillContext(mini, tiny, 8, 3, torch.device("cpu"), cache_dir),
+                      dataclasses.replace(params, iterations=3))
+    assert set(ctx.snapshots) == {3}
+    assert torch.equal(whole.images, plain.images) and torch.equal(whole.text_embeddings, plain.text_embeddings)
+    snap = ctx.snapshots[3]
+    assert torch.equal(snap.images, short.images) and torch.equal(snap.text_embeddings, short.text_embeddings)
+    assert not torch.equal(snap.images, whole.images)
+    assert snap.meta["timings"]["iterations"] == 3
+
+
 def test_speed_switches_run_and_count_in_identity_only_when_on(tiny, mini, cache_dir):
     from mmdd_bench.params import identity_dict
 

@@ -221,3 +221,27 @@ def test_expert_training_is_bit_identical_to_before_the_shared_epoch_helper(tmp_
     # which passed the earlier pin). Any change to the numbers gives a digest in neither.
     assert digest.hexdigest() in {"77acf95382a121069ca1d80eeb34ea913ba103252fbfcf51aa22cc5207c1d4a7",
                                   "731f6383434bdfe3a5c22101d932b6677a432b85fd03880b6f0cfdccecf0c407"}
+
+
+def test_scenes_runs_fewer_iterations_than_the_other_embedded_sets():
+    """scenes' MTT-VL budget was chosen on its val split (methods/mtt_vl.py EMBEDDED_BY_DATASET); shapes keeps its own."""
+    method = get_method("mtt-vl")
+    assert method.default_params(100, "scenes").iterations == 50
+    assert method.default_params(100, "shapes").iterations == 100
+    assert method.default_params(100, "scenes").num_experts == method.default_params(100, "shapes").num_experts
+
+
+def test_a_snapshot_is_the_set_a_shorter_run_returns(cache_dir, mini, tiny):
+    """A study's snapshot after k iterations (DistillContext.snapshot_iterations) is the very set of a k-iteration run."""
+    method = get_method("mtt-vl")
+    params = MTTVLParams(iterations=3, num_experts=1, syn_steps=2, checkpoint_every=0)
+    ctx = DistillContext(mini, tiny, 6, 3, CPU, cache_dir, snapshot_iterations=frozenset({2}))
+    whole = method.distill(ctx, params)
+    short = method.distill(DistillContext(mini, tiny, 6, 3, CPU, cache_dir), dataclasses.replace(params, iterations=2))
+    snap = ctx.snapshots[2]
+    assert set(ctx.snapshots) == {2}
+    for name in ("images", "text_embeddings"):
+        assert torch.equal(getattr(snap, name), getattr(short, name))
+        assert not torch.equal(getattr(snap, name), getattr(whole, name))
+    assert torch.equal(snap.extras["lr_image"], short.extras["lr_image"])
+    assert snap.meta["timings"]["iterations"] == 2
