@@ -74,6 +74,14 @@ class RunSummary:
         return not self.missing and not self.failed
 
 
+# In the first pass a set another process holds is waited for this long before its cell is left for later. Sets
+# that take a second (full-data's reference, a random subset) are held only briefly, but two workers that start
+# the same cell at once race for them: without the grace the loser deferred the trainable-text ceiling, the
+# grid's longest evaluation, to the very end of a scenes run, where it ran alone while the other worker idled.
+# A real distillation (minutes) still defers after this short wait.
+HELD_SET_GRACE_S = 5.0
+
+
 def describe(cell: Cell) -> str:
     return f"{cell.dataset} {cell.method} N={cell.size} seed={cell.seed}"
 
@@ -253,10 +261,12 @@ class Runner:
 
     def _distilled_set(self, plan: CellPlan, wait: bool = True) -> LoadedSet:
         """The cell's set: the saved one when it is this cell's, else distilled here under the cell's
-        distillation lock (others wait for it; ``wait=False``: ``Timeout`` at once when another holds it)."""
+        distillation lock (others wait for it; ``wait=False``: ``Timeout`` when another still holds it after
+        ``HELD_SET_GRACE_S``)."""
         path = self.store.artifact_path(plan.distill_id)
+        timeout = self.config.lock_timeout_s if wait else min(self.config.lock_timeout_s, HELD_SET_GRACE_S)
         with self.store.lock(plan.distill_id, "distill", what=f"{describe(plan.cell)} distillation").acquire(
-                timeout=self.config.lock_timeout_s if wait else 0):
+                timeout=timeout):
             if path.with_suffix(".json").is_file() and (not self.config.force or self._saved_since_force(path)):
                 distilled = self._saved_set(plan)
                 if distilled is not None:

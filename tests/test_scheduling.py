@@ -4,6 +4,9 @@ invocation already redid, and the runs of one file share one pool of workers."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 from filelock import Timeout
 
 from mmdd_bench import api
@@ -113,3 +116,30 @@ def test_a_failed_distillation_is_recorded_for_each_evaluation_and_tried_once(tm
     assert [r.status for r in summary.records] == ["failed", "failed"]
     assert all("plugin broke" in r.error for r in summary.records)
     assert {r.protocol for r in summary.records} == {"frozen-text", "frozen-encoders"}
+
+
+def test_a_set_held_only_briefly_is_waited_for_not_deferred(tmp_path, cache_dir):
+    """Two workers that start the same cell at once race for its set's lock; a set that takes a second (full-data's
+    reference, a random subset) is waited for (``HELD_SET_GRACE_S``), so the loser never defers the cell's other
+    evaluations (the trainable-text ceiling once ran last, alone, for this)."""
+    config = _config(tmp_path, cache_dir, protocols=["frozen-encoders"], lock_timeout_s=60.0)
+    lines: list[str] = []
+    runner = Runner(config, log=lines.append)
+    [cell] = runner.plan()
+    runner.resources.backbone_for(runner.resources.dataset(cell.dataset))  # built before the race, as a warm worker's
+    held = threading.Event()
+
+    def other_worker():  # holds the set's lock for two seconds (locks are released by the thread that took them)
+        lock = runner.store.lock(runner.planner.cell_plan(cell).distill_id, "distill").acquire(timeout=0)
+        held.set()
+        time.sleep(2.0)
+        lock.release()
+
+    assert runner_module.HELD_SET_GRACE_S > 2.0
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    held.wait()
+    first = runner.first_pass()
+    thread.join()
+    assert not any("back to it after the other cells" in line for line in lines)
+    assert not first.waiting and [r.status for r in first.records] == ["ok"]

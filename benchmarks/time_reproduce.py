@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""How long does reproducing an embedded grid take, end to end? (issue 16: "say how long
+scripts/reproduce_embedded.sh takes on 2 cores".)
+
+Runs ``scripts/reproduce_embedded.sh`` as a user would, from a cold start: an empty cache (the dataset is generated,
+images decoded, features and MTT-VL's experts trained) and an empty results folder, and writes one JSON with the
+wall-clock time, the machine, the commit, and where the process-seconds went (the records' distillation and
+evaluation seconds, per method and protocol; a set scored by several protocols counts its distillation once).
+
+    HF_HUB_OFFLINE=1 python benchmarks/time_reproduce.py --config configs/scenes-embedded.yaml --workers 2 \
+        --out benchmarks/results/reproduce-scenes-cpu.json
+
+``--summarize RESULTS --started T --finished T`` writes the same JSON for a run timed another way (its start and
+end as ISO times), without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from mmdd_bench.provenance import environment
+from mmdd_bench.records import RunRecord, atomic_write_text, read_records
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def where_time_went(records: list[RunRecord]) -> dict:
+    """Process-seconds by part: each distillation once, every evaluation; the full-data ceilings apart."""
+    distill: dict[str, float] = {}
+    evaluate: dict[str, float] = defaultdict(float)
+    seen = set()
+    for r in records:
+        if r.status != "ok":
+            continue
+        label = r.method + (f" [{r.variant}]" if r.variant else "")
+        key = (r.dataset, r.method, r.size, r.seed, r.variant)
+        if key not in seen:
+            seen.add(key)
+            distill[label] = distill.get(label, 0.0) + float((r.timings or {}).get("distill_s") or 0.0)
+        evaluate[f"{label} / {r.protocol}"] += float((r.timings or {}).get("eval_s") or 0.0)
+    total = sum(distill.values()) + sum(evaluate.values())
+    return {"distill_s": {k: round(v, 1) for k, v in sorted(distill.items())},
+            "eval_s": {k: round(v, 1) for k, v in sorted(evaluate.items())},
+            "process_s": round(total, 1), "records": sum(r.status == "ok" for r in records),
+            "failed_records": sum(r.status != "ok" for r in records)}
+
+
+def summary(results: Path, started: str, finished: str, command: str, config: str, workers: int) -> dict:
+    wall = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+    parts = where_time_went(read_records(results))
+    here = environment(torch.device("cpu"))
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"command": command, "config": config, "workers": workers, "started_utc": started,
+            "finished_utc": finished, "wall_s": round(wall, 1), "wall_h": round(wall / 3600, 2),
+            "parallel_efficiency": round(parts["process_s"] / (wall * workers), 3) if wall else None,
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                        **{k: here[k] for k in ("cpu_model", "cpu_capability", "cuda_compiled", "gpu_count")}},
+            "git_sha": git, **parts}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/scenes-embedded.yaml")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--workdir", type=Path,
+                        help="an empty folder for the run's results/ and cache/, kept afterwards (default: a temporary one)")
+    parser.add_argument("--summarize", type=Path, help="a results folder of a run already made: only write its JSON")
+    parser.add_argument("--started", help="with --summarize: the run's start (ISO time)")
+    parser.add_argument("--finished", help="with --summarize: the run's end (ISO time)")
+    args = parser.parse_args()
+    command = f"CONFIG={args.config} WORKERS={args.workers} scripts/reproduce_embedded.sh (empty cache, empty results)"
+    if args.summarize:
+        if not (args.started and args.finished):
+            raise SystemExit("--summarize needs --started and --finished (ISO times of the run)")
+        report = summary(args.summarize, args.started, args.finished, command, args.config, args.workers)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mmdd-reproduce-") as scratch:
+            work = args.workdir or Path(scratch)
+            if args.workdir and any(args.workdir.iterdir() if args.workdir.is_dir() else []):
+                raise SystemExit(f"--workdir {args.workdir} is not empty: the timing needs a cold cache and no records")
+            results, cache = work / "results", work / "cache"
+            env = {**os.environ, "RESULTS": str(results), "CONFIG": args.config, "WORKERS": str(args.workers),
+                   "MMDD_BENCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+            started = datetime.now(UTC).isoformat(timespec="seconds")
+            begin = time.monotonic()
+            done = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_embedded.sh")], cwd=ROOT, env=env)
+            elapsed = time.monotonic() - begin
+            finished = datetime.now(UTC).isoformat(timespec="seconds")
+            if done.returncode != 0:
+                raise SystemExit(f"reproduce_embedded.sh exited with {done.returncode} after {elapsed:.0f} s")
+            report = summary(results, started, finished, command, args.config, args.workers)
+    atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
+    print(f"{report['wall_h']} h wall, {report['process_s']:.0f} process-s in {report['records']} records -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
