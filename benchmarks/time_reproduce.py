@@ -11,7 +11,9 @@ evaluation seconds, per method and protocol; a set scored by several protocols c
         --out benchmarks/results/reproduce-scenes-cpu.json
 
 ``--summarize RESULTS --started T --finished T`` writes the same JSON for a run timed another way (its start and
-end as ISO times), without running anything.
+end as ISO times), without running anything. A run that was interrupted and resumed gives one ``--started`` and
+one ``--finished`` per segment; its wall time is their sum (work lost at the interruption included), and the code
+version is the one its records name.
 """
 
 from __future__ import annotations
@@ -56,13 +58,19 @@ def where_time_went(records: list[RunRecord]) -> dict:
             "failed_records": sum(r.status != "ok" for r in records)}
 
 
-def summary(results: Path, started: str, finished: str, command: str, config: str, workers: int) -> dict:
-    wall = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
-    parts = where_time_went(read_records(results))
+def summary(results: Path, started: list[str], finished: list[str], command: str, config: str, workers: int) -> dict:
+    """The run's JSON; ``started`` / ``finished`` pair up as its segments (one for a run that was not interrupted)."""
+    segments = list(zip(started, finished, strict=True))
+    wall = sum((datetime.fromisoformat(end) - datetime.fromisoformat(begin)).total_seconds() for begin, end in segments)
+    records = read_records(results)
+    parts = where_time_went(records)
     here = environment(torch.device("cpu"))
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"command": command, "config": config, "workers": workers, "started_utc": started,
-            "finished_utc": finished, "wall_s": round(wall, 1), "wall_h": round(wall / 3600, 2),
+    shas = sorted({(r.versions or {}).get("git_sha") for r in records} - {None})
+    git = ",".join(shas) or subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                           text=True).stdout.strip()
+    return {"command": command, "config": config, "workers": workers, "started_utc": started[0],
+            "finished_utc": finished[-1], **({"segments": segments} if len(segments) > 1 else {}),
+            "wall_s": round(wall, 1), "wall_h": round(wall / 3600, 2),
             "parallel_efficiency": round(parts["process_s"] / (wall * workers), 3) if wall else None,
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                         **{k: here[k] for k in ("cpu_model", "cpu_capability", "cuda_compiled", "gpu_count")}},
@@ -77,13 +85,16 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path,
                         help="an empty folder for the run's results/ and cache/, kept afterwards (default: a temporary one)")
     parser.add_argument("--summarize", type=Path, help="a results folder of a run already made: only write its JSON")
-    parser.add_argument("--started", help="with --summarize: the run's start (ISO time)")
-    parser.add_argument("--finished", help="with --summarize: the run's end (ISO time)")
+    parser.add_argument("--started", action="append", default=[],
+                        help="with --summarize: the run's start (ISO time); once per segment of a resumed run")
+    parser.add_argument("--finished", action="append", default=[],
+                        help="with --summarize: the run's end (ISO time); once per segment, in the same order")
     args = parser.parse_args()
     command = f"CONFIG={args.config} WORKERS={args.workers} scripts/reproduce_embedded.sh (empty cache, empty results)"
     if args.summarize:
-        if not (args.started and args.finished):
-            raise SystemExit("--summarize needs --started and --finished (ISO times of the run)")
+        if not args.started or len(args.started) != len(args.finished):
+            raise SystemExit("--summarize needs one --started and one --finished (ISO times) per segment of the run, "
+                             f"got {len(args.started)} and {len(args.finished)}")
         report = summary(args.summarize, args.started, args.finished, command, args.config, args.workers)
     else:
         with tempfile.TemporaryDirectory(prefix="mmdd-reproduce-") as scratch:
@@ -100,7 +111,7 @@ def main() -> None:
             finished = datetime.now(UTC).isoformat(timespec="seconds")
             if done.returncode != 0:
                 raise SystemExit(f"reproduce_embedded.sh exited with {done.returncode} after {elapsed:.0f} s")
-            report = summary(results, started, finished, command, args.config, args.workers)
+            report = summary(results, [started], [finished], command, args.config, args.workers)
     atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
     print(f"{report['wall_h']} h wall, {report['process_s']:.0f} process-s in {report['records']} records -> {args.out}")
 

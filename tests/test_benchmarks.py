@@ -72,3 +72,30 @@ def test_efficiency_counts_positive_flops_and_writes_its_section(tmp_path, cache
     text = md.read_text()
     assert text.count("## Efficiency") == 1 and "kept" in text and "| covmatch |" in text
     assert "Why together misses its target here" in text and "| image tower (tiny CNN: convolutions) |" in text
+
+
+def test_time_reproduce_summarizes_a_resumed_run_by_its_segments(tmp_path):
+    """A grid interrupted and resumed is timed as the sum of its segments, each distillation counted once, and
+    names the code its records were made with (not the checkout that summarizes them)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_records import make_record
+
+    results = tmp_path / "results"
+    for protocol, eval_s in (("frozen-text", 10.0), ("trainable-text", 30.0)):
+        make_record(run_id=f"r-{protocol}", protocol=protocol, timings={"distill_s": 100.0, "eval_s": eval_s},
+                    versions={"git_sha": "abc123"}).save(results)
+    out = tmp_path / "t.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_reproduce.py"), "--summarize",
+                           str(results), "--started", "2026-01-01T00:00:00+00:00", "--finished",
+                           "2026-01-01T01:00:00+00:00", "--started", "2026-01-01T02:00:00+00:00", "--finished",
+                           "2026-01-01T02:30:00+00:00", "--out", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["wall_s"] == 5400.0 and len(report["segments"]) == 2
+    assert report["process_s"] == 140.0 and report["records"] == 2  # one distillation, two evaluations
+    assert report["git_sha"] == "abc123"
+    unpaired = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_reproduce.py"), "--summarize",
+                               str(results), "--started", "2026-01-01T00:00:00+00:00", "--out", str(out)],
+                              capture_output=True, text=True, timeout=300)
+    assert unpaired.returncode != 0 and "one --started and one --finished" in unpaired.stderr
