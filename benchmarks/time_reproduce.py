@@ -95,6 +95,12 @@ def main() -> None:
         if not args.started or len(args.started) != len(args.finished):
             raise SystemExit("--summarize needs one --started and one --finished (ISO times) per segment of the run, "
                              f"got {len(args.started)} and {len(args.finished)}")
+        for value in (*args.started, *args.finished):
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise SystemExit("--started / --finished take ISO times such as 2026-12-07T21:11:20+00:00, "
+                                 f"got {value!r}") from None
         report = summary(args.summarize, args.started, args.finished, command, args.config, args.workers)
     else:
         with tempfile.TemporaryDirectory(prefix="mmdd-reproduce-") as scratch:

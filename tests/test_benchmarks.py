@@ -99,3 +99,7 @@ def test_time_reproduce_summarizes_a_resumed_run_by_its_segments(tmp_path):
                                str(results), "--started", "2026-01-01T00:00:00+00:00", "--out", str(out)],
                               capture_output=True, text=True, timeout=300)
     assert unpaired.returncode != 0 and "one --started and one --finished" in unpaired.stderr
+    garbled = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "time_reproduce.py"), "--summarize",
+                              str(results), "--started", "yesterday", "--finished", "2026-01-01T01:00:00+00:00",
+                              "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert garbled.returncode != 0 and "ISO times" in garbled.stderr and "Traceback" not in garbled.stderr
