@@ -77,8 +77,7 @@ def test_efficiency_counts_positive_flops_and_writes_its_section(tmp_path, cache
 def test_time_reproduce_summarizes_a_resumed_run_by_its_segments(tmp_path):
     """A grid interrupted and resumed is timed as the sum of its segments, each distillation counted once, and
     names the code its records were made with (not the checkout that summarizes them)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_records import make_record
+    from test_records import make_record  # pytest puts tests/ on sys.path (no package, rootdir conftest)
 
     results = tmp_path / "results"
     for protocol, eval_s in (("frozen-text", 10.0), ("trainable-text", 30.0)):
