@@ -138,3 +138,47 @@ def test_compare_records_pairs_cells_by_run_id_and_finds_a_changed_metric(tmp_pa
     assert by_id[changed["run_id"]]["eval_s"]["candidate"] == changed["timings"]["eval_s"]
     assert [u["run_id"] for u in report["unmatched"]] == ["0" * 16]
     assert report["summary"]["paired"] == 2 and report["summary"]["identical"] == 1
+
+
+def test_compare_records_pairs_a_cut_to_fewer_students_on_the_students_both_have(tmp_path):
+    """A grid cut from 2 students to 1 must reproduce each reference cell's first student: compare_records pairs
+    the cut record with the uncut one (same set, same protocol, only n_students differs) and names thread counts."""
+    import copy
+    import importlib.util
+
+    from mmdd_bench.metrics import METRIC_NAMES
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "compare_records.py"
+    spec = importlib.util.spec_from_file_location("compare_records", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    base = json.loads(sorted((Path(__file__).resolve().parent.parent / "results" / "runs").glob("*.json"))[0].read_text())
+    first = {m: 10.0 + k for k, m in enumerate(METRIC_NAMES)}
+    second = {m: 20.0 + k for k, m in enumerate(METRIC_NAMES)}
+    uncut = copy.deepcopy(base)
+    uncut.update(run_id="a" * 16, eval_seeds=[0, 1])
+    uncut["protocol_params"] = {**base["protocol_params"], "n_students": 2}
+    uncut["metrics"]["per_student"] = [first, second]
+    uncut["environment"] = {**base["environment"], "torch_threads": 2}
+    cut = copy.deepcopy(uncut)
+    cut.update(run_id="b" * 16, eval_seeds=[0])
+    cut["protocol_params"]["n_students"] = 1
+    cut["metrics"]["per_student"] = [dict(first)]
+    cut["environment"]["torch_threads"] = 1
+    moved = copy.deepcopy(cut)
+    moved.update(run_id="c" * 16, seed=base["seed"] + 100)  # another seed: no reference to pair with
+    for folder, records in (("ref", [uncut]), ("new", [cut, moved])):
+        (tmp_path / folder / "runs").mkdir(parents=True)
+        for r in records:
+            (tmp_path / folder / "runs" / f"{r['run_id']}.json").write_text(json.dumps(r))
+    report = script.compare(read_records(tmp_path / "ref"), read_records(tmp_path / "new"))
+    (cell,) = report["cells"]
+    assert cell["paired_by"] == "first students" and cell["reference_run_id"] == "a" * 16
+    assert cell["identical_metrics"] and cell["students_compared"] == 1
+    assert cell["torch_threads"] == {"reference": 2, "candidate": 1}
+    assert [u["run_id"] for u in report["unmatched"]] == ["c" * 16]
+    # The cut's one student differs from the reference's first: not identical, by how much.
+    cut["metrics"]["per_student"][0]["r_mean"] += 0.25
+    (tmp_path / "new" / "runs" / f"{cut['run_id']}.json").write_text(json.dumps(cut))
+    (cell,) = script.compare(read_records(tmp_path / "ref"), read_records(tmp_path / "new"))["cells"]
+    assert not cell["identical_metrics"] and abs(cell["max_metric_diff"] - 0.25) < 1e-9
