@@ -185,20 +185,23 @@ def test_the_embedded_preset_is_the_reproduce_script(cache_dir, tmp_path):
     assert dry == 0
 
 
-def test_the_scenes_preset_cuts_only_trainable_text_students(cache_dir, tmp_path):
-    """Issue 16's grid: 100 / 200 / 500 pairs and 3 seeds for every method; the recorded cut (1 student, the
-    protocol's epochs) reaches the trainable-text evaluations of the sets, never a frozen-text one or a ceiling."""
+def test_the_scenes_preset_cuts_students_never_epochs_sizes_or_seeds(cache_dir, tmp_path):
+    """Issue 16's grid: 100 / 200 / 500 pairs and 3 seeds for every method; the recorded cut (1 student per seed,
+    each protocol's epochs) reaches every evaluation of the sets, and never a ceiling's own settings."""
     experiment = build_experiment(load_experiment(CONFIGS / "scenes-embedded.yaml"), {"results": str(tmp_path)},
                                   cache_dir=cache_dir)
-    seen = {}
+    seen, protocols = {}, set()
     for run in experiment.runs:
         assert run.datasets == ["scenes"] and run.seeds in ([0, 1, 2], [0])
         cut = run.overrides.get("eval", {})
+        if run.methods == ["full-data"]:
+            assert not cut  # the ceilings keep methods/full_data.py's EMBEDDED_EVAL, uncut
+            continue
+        assert {k: int(v) for k, v in cut.items()} == {"n_students": 1}, run.methods
+        protocols.update(run.protocols)
         for method in run.methods:
             seen.setdefault(method, set()).update(run.sizes)
-            if cut:
-                assert run.protocols == ["trainable-text"] and method != "full-data"
-                assert {k: int(v) for k, v in cut.items()} == {"n_students": 1}
+    assert {"trainable-text", "frozen-text", "frozen-text-mtt", "frozen-encoders"} <= protocols
     for method in ("random", "herding", "k-center", "forgetting", "covmatch", "mtt-vl", "tesla-vl", "lors"):
         assert seen[method] >= {100, 200, 500}, method
 
