@@ -182,3 +182,47 @@ def test_compare_records_pairs_a_cut_to_fewer_students_on_the_students_both_have
     (tmp_path / "new" / "runs" / f"{cut['run_id']}.json").write_text(json.dumps(cut))
     (cell,) = script.compare(read_records(tmp_path / "ref"), read_records(tmp_path / "new"))["cells"]
     assert not cell["identical_metrics"] and abs(cell["max_metric_diff"] - 0.25) < 1e-9
+
+
+def test_adopt_records_replaces_cut_cells_and_refuses_a_cut_that_changed_the_numbers(tmp_path):
+    """scripts/adopt_records.py: a regenerated grid's records go in, the records its fewer-student cells replace go
+    out; a cut that does not reproduce its reference's first students adopts nothing."""
+    import copy
+    import importlib.util
+
+    from mmdd_bench.metrics import METRIC_NAMES
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "adopt_records.py"
+    spec = importlib.util.spec_from_file_location("adopt_records", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    base = json.loads(sorted((Path(__file__).resolve().parent.parent / "results" / "runs").glob("*.json"))[0].read_text())
+    uncut = copy.deepcopy(base)
+    uncut.update(run_id="a" * 16, eval_seeds=[0, 1])
+    uncut["protocol_params"] = {**base["protocol_params"], "n_students": 2}
+    uncut["metrics"]["per_student"] = [{m: 10.0 for m in METRIC_NAMES}, {m: 20.0 for m in METRIC_NAMES}]
+    untouched = copy.deepcopy(uncut)
+    untouched.update(run_id="d" * 16, seed=base["seed"] + 7)
+    cut = copy.deepcopy(uncut)
+    cut.update(run_id="b" * 16, eval_seeds=[0])
+    cut["protocol_params"]["n_students"] = 1
+    cut["metrics"]["per_student"] = [{m: 10.0 for m in METRIC_NAMES}]
+    new_cell = copy.deepcopy(cut)
+    new_cell.update(run_id="c" * 16, seed=base["seed"] + 100)
+
+    def write(folder, records):
+        (tmp_path / folder / "runs").mkdir(parents=True, exist_ok=True)
+        for r in records:
+            (tmp_path / folder / "runs" / f"{r['run_id']}.json").write_text(json.dumps(r))
+
+    write("results", [uncut, untouched])
+    changed = copy.deepcopy(cut)
+    changed["metrics"]["per_student"][0]["r_mean"] = 11.0
+    write("changed", [changed])
+    with pytest.raises(SystemExit, match="differ from the first students"):
+        script.adopt(tmp_path / "results", tmp_path / "changed")
+    assert sorted(p.stem for p in (tmp_path / "results" / "runs").iterdir()) == ["a" * 16, "d" * 16]
+    write("run", [cut, new_cell])
+    done = script.adopt(tmp_path / "results", tmp_path / "run")
+    assert done["copied"] == 2 and done["removed"] == ["a" * 16] and done["changed"] == 0
+    assert sorted(p.stem for p in (tmp_path / "results" / "runs").iterdir()) == ["b" * 16, "c" * 16, "d" * 16]
