@@ -103,3 +103,20 @@ def test_rows_of_an_older_default_never_speak_for_the_method_nor_mix_seeds():
     table = claims_table(records_frame(recs))
     row = table[table["comparison"] == "covmatch N=100 vs random N=100"].iloc[0]
     assert row["gain"] == pytest.approx((10 + 10 + 10.5) / 3) and row["n_seeds"] == 3
+
+
+def test_an_older_method_default_never_chooses_the_evaluation_either():
+    """A row's older method settings (here the frozen-text ablation before a change of its iterations) scored with
+    the default evaluation must not outrank the newest settings' students-only cut: the newest settings speak for
+    the row, and only then is the default evaluation preferred to a cut."""
+    cut = {"eval_variant": "n_students=1"}
+    recs = _rows("covmatch", [30.0, 31.0, 32.0], **cut)
+    old = [make_record(f"old-ablation-{s}", method="covmatch", protocol="frozen-text", size=100, seed=s,
+                       variant="text_trainable=False", method_params={"iterations": 100},
+                       finished_utc="2026-12-01T00:00:00+00:00", metrics=metrics(90.0)) for s in range(3)]
+    new = [make_record(f"new-ablation-{s}", method="covmatch", protocol="frozen-text", size=100, seed=s,
+                       variant="text_trainable=False", method_params={"iterations": 50}, eval_variant="n_students=1",
+                       finished_utc="2026-12-02T00:00:00+00:00", metrics=metrics(v)) for s, v in enumerate([25.0, 26.0, 27.0])]
+    table = claims_table(records_frame(recs + old + new))
+    row = table[table["claim"] == "trainable-text beats frozen-text for CovMatch"].iloc[0]
+    assert row["gain"] == pytest.approx(5.0) and row["protocol"] == "trainable-text (n_students=1) vs frozen-text (n_students=1)"

@@ -14,8 +14,8 @@ Each claim is a set of comparisons, every one a gain paired by seed with its 95%
 A claim **holds** when every comparison's interval lies above 0, **fails** when some comparison's interval
 lies below 0, and is **not shown** otherwise (an interval contains 0); **not measured** when the records hold
 no comparison. Only rows of sets scored with the backbone that distilled them enter; the default row of a method
-is the one without a variant (of the newest records' settings, where an older code default left rows of the same
-label). Each side is scored with the protocol's default evaluation or, where an experiment
+is the one without a variant (of the newest record's method settings, where an older code default left rows of the
+same label: those rows never choose the evaluation either). Each side is scored with the protocol's default evaluation or, where an experiment
 cut only the number of students (``n_students=1`` on ``scenes``: every student is an independent draw, so the mean
 over seeds stays unbiased, only noisier), with that cut; a same-protocol comparison needs both sides scored alike
 (the default preferred), and the cut is named in the comparison's protocol. Any other evaluation variant (fewer
@@ -24,6 +24,7 @@ epochs, an aid) never enters: it changes what a score means.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pandas as pd
@@ -60,9 +61,23 @@ class Row:
         return f"{self.method}{f' ({self.variant})' if self.variant else ''} N={self.size}"
 
 
+def _method_settings(detail: str) -> str:
+    """``settings_detail`` less the protocol's parameters: which set was scored, however it was scored."""
+    settings = json.loads(detail)
+    settings.pop("protocol", None)
+    return json.dumps(settings, sort_keys=True)
+
+
 def _matching(frame: pd.DataFrame, row: Row) -> pd.DataFrame:
-    return frame[(frame["method"] == row.method) & (frame["size"] == row.size) & (frame["protocol"] == row.protocol)
+    """The row's records made with its newest record's method settings: where an older code default of the method
+    left records under the same label, they never speak for the row, nor choose its evaluation."""
+    part = frame[(frame["method"] == row.method) & (frame["size"] == row.size) & (frame["protocol"] == row.protocol)
                  & (frame["variant"] == row.variant)]
+    if part.empty:
+        return part
+    method = part["settings_detail"].map(_method_settings)
+    newest = method.loc[part.sort_values(["finished_utc", "run_id"], kind="stable").index[-1]]
+    return part[method == newest]
 
 
 def _per_seed(frame: pd.DataFrame, row: Row, eval_variant: str) -> dict[int, float]:
