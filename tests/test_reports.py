@@ -258,3 +258,18 @@ def test_published_share_of_the_lead_that_is_protocol():
     assert share.loc[("flickr30k", 500), "lead"] == 6.82 and share.loc[("flickr30k", 500), "random_lift"] == 8.52
     assert share.loc[("flickr30k", 200), "share_of_lead"] == 92.0
     assert len(share) == 6  # both datasets at 100 / 200 / 500
+
+
+def test_protocol_matrix_keeps_todays_cut_evaluation_beside_an_older_defaults_full_one():
+    """The default evaluation is preferred over a students-only cut of the *same* set; an older method default
+    scored with the default evaluation must not push today's set, scored with the cut, out of the matrix."""
+    from mmdd_bench.reports.matrix import protocol_matrix
+
+    cut = {"eval_variant": "n_students=1", "protocol_params": {"n_students": 1}}
+    recs = [make_record(f"old{s}", seed=s, method="covmatch", method_version="0", metrics=metrics(30.0)) for s in range(3)]
+    recs += [make_record(f"new{s}", seed=s, method="covmatch", metrics=metrics(20.0 + s), **cut) for s in range(3)]
+    recs += [make_record(f"r{s}", seed=s, metrics=metrics(10.0 + s), **cut) for s in range(3)]
+    matrix = protocol_matrix(leaderboard(records_frame(recs))).set_index(["label", "protocol"])
+    today = matrix.loc[("covmatch [method_version=v1]", "frozen-text")]
+    assert today["eval_variant"] == "n_students=1" and today["gain_vs_random"] == 10.0
+    assert matrix.loc[("covmatch [method_version=v0]", "frozen-text"), "eval_variant"] == ""

@@ -24,12 +24,11 @@ epochs, an aid) never enters: it changes what a score means.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pandas as pd
 
-from .leaderboard import gain_cell, one_record_per_seed
+from .leaderboard import gain_cell, method_settings, one_record_per_seed
 from .matrix import md_cell
 from .stats import paired_gain
 
@@ -61,13 +60,6 @@ class Row:
         return f"{self.method}{f' ({self.variant})' if self.variant else ''} N={self.size}"
 
 
-def _method_settings(detail: str) -> str:
-    """``settings_detail`` less the protocol's parameters: which set was scored, however it was scored."""
-    settings = json.loads(detail)
-    settings.pop("protocol", None)
-    return json.dumps(settings, sort_keys=True)
-
-
 def _matching(frame: pd.DataFrame, row: Row) -> pd.DataFrame:
     """The row's records made with its newest record's method settings: where an older code default of the method
     left records under the same label, they never speak for the row, nor choose its evaluation."""
@@ -75,7 +67,7 @@ def _matching(frame: pd.DataFrame, row: Row) -> pd.DataFrame:
                  & (frame["variant"] == row.variant)]
     if part.empty:
         return part
-    method = part["settings_detail"].map(_method_settings)
+    method = part["settings_detail"].map(method_settings)
     newest = method.loc[part.sort_values(["finished_utc", "run_id"], kind="stable").index[-1]]
     return part[method == newest]
 

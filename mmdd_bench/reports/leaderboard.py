@@ -67,6 +67,13 @@ def settings_detail(record: RunRecord) -> str:
                        "protocol": record.protocol_params}, sort_keys=True, default=str)
 
 
+def method_settings(detail: str) -> str:
+    """``settings_detail`` less the protocol's parameters: which set was scored, however it was scored."""
+    settings = json.loads(detail)
+    settings.pop("protocol", None)
+    return json.dumps(settings, sort_keys=True)
+
+
 def own(board: pd.DataFrame) -> pd.Series:
     """Rows of sets scored with the backbone that distilled them (not transfer evaluations)."""
     return board["distilled_backbone"] == ""

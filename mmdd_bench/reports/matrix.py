@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from .leaderboard import CEILING_METHOD, gain_cell, own, settings_labels
+from .leaderboard import CEILING_METHOD, gain_cell, method_settings, own, settings_labels
 
 MATRIX_COLUMNS = ["dataset", "backbone", "size", "method", "variant", "eval_variant", "protocol", "n_seeds",
                   "r_mean", "gain_vs_random", "gain_ci_low", "gain_ci_high", "vs_random", "share_of_ceiling", "ceiling_r_mean"]
@@ -22,8 +22,8 @@ PUBLISHED_LEAD = (("covmatch", "trainable-text"), ("lors", "frozen-text"))
 
 
 def protocol_matrix(board: pd.DataFrame) -> pd.DataFrame:
-    """Long form of the matrix: one row per (dataset, backbone, size, method [variant], protocol). Where a cell
-    has rows under several evaluation overrides, the one without overrides fills it; rows of different settings
+    """Long form of the matrix: one row per (dataset, backbone, size, method [variant], protocol). Where a set
+    has rows under several evaluation overrides, the one without overrides fills its cell; rows of different settings
     under one label (an older default's records) get their own row, named by how they differ
     (``leaderboard.settings_labels``), and a cell those names still cannot tell apart is left out rather than
     picked from. The gains are the leaderboard's: over random under the same protocol and evaluation. Transfer
@@ -31,7 +31,11 @@ def protocol_matrix(board: pd.DataFrame) -> pd.DataFrame:
     rows = board[(board["method"] != CEILING_METHOD) & own(board)].copy()
     rows["label"] = [f"{m} {v}".strip() for m, v in zip(rows["method"], rows["variant"], strict=True)]
     keys = ["dataset", "backbone", "size", "label", "protocol"]
-    has_default_eval = rows.groupby(keys, dropna=False)["eval_variant"].transform(lambda e: (e == "").any())
+    # The default evaluation wins over a cut of the same set only: another set under the label (an older default)
+    # scored with the default evaluation never pushes today's set, scored with a cut, out of the matrix.
+    rows["method_settings"] = rows["settings_detail"].map(method_settings)
+    has_default_eval = rows.groupby([*keys, "method_settings"], dropna=False)["eval_variant"].transform(
+        lambda e: (e == "").any())
     rows = rows[~has_default_eval | (rows["eval_variant"] == "")]
     # Sets of an older default share today's label: name how their distillations differ, the same name under
     # every protocol, so each set keeps one row.
