@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import shutil
 from pathlib import Path
 
-from mmdd_bench.records import read_records
+from mmdd_bench.records import atomic_write_text, read_records
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,10 +43,7 @@ def adopt(results: Path, run: Path, allow_changed: bool = False) -> dict:
     sources = sorted((run / "runs").glob("*.json"))
     (results / "runs").mkdir(parents=True, exist_ok=True)
     for source in sources:
-        target = results / "runs" / source.name
-        scratch = target.with_suffix(".json.tmp")
-        shutil.copyfile(source, scratch)
-        scratch.replace(target)  # atomic: a report never reads half a record
+        atomic_write_text(results / "runs" / source.name, source.read_text())  # a report never reads half a record
     # A record the run itself wrote is never removed, even where it also holds the uncut cell.
     removed = sorted({c["reference_run_id"] for c in superseded} - {source.stem for source in sources})
     for run_id in removed:
